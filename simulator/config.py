@@ -1,0 +1,70 @@
+"""Typed, validated configuration: the vLLM engine knobs and the deployment around them.
+
+Field names mirror vLLM's flags (``max_num_seqs`` <-> ``--max-num-seqs``) so a serving config can
+be pasted. Defaults that vLLM derives at start-up (batch limits per GPU class, max model length)
+are resolved in :mod:`simulator.deployment`, which records where each value came from.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from simulator.errors import InputError
+
+
+class EngineArgs(BaseModel):
+    """vLLM engine arguments (``vllm serve`` flags). ``None`` means "vLLM's default"."""
+
+    model_config = ConfigDict(extra="forbid")
+    tensor_parallel_size: int | None = Field(default=None, ge=1)
+    max_num_seqs: int | None = Field(default=None, ge=1)
+    max_num_batched_tokens: int | None = Field(default=None, ge=1)
+    max_model_len: int | None = Field(default=None, ge=1)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    block_size: int = Field(default=16, ge=1)
+    quantization: Literal["fp8"] | None = None
+    kv_cache_dtype: Literal["auto", "fp8"] = "auto"
+    dtype: Literal["auto", "bfloat16", "float16"] = "auto"
+
+    @model_validator(mode="after")
+    def _budget_covers_seqs(self) -> EngineArgs:
+        if (
+            self.max_num_seqs is not None
+            and self.max_num_batched_tokens is not None
+            and self.max_num_batched_tokens < self.max_num_seqs
+        ):
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "
+                f"max_num_seqs ({self.max_num_seqs}), as vLLM requires"
+            )
+        return self
+
+
+class SimulationConfig(BaseModel):
+    """Everything one simulation run needs besides the trace."""
+
+    model_config = ConfigDict(extra="forbid")
+    gpu: str = "h100"
+    model: str = "llama-3.1-8b"
+    engine: EngineArgs = EngineArgs()
+    router: str = "round-robin"
+    gpu_cost_per_hour: float | None = Field(default=None, ge=0)
+    calibration: str | None = Field(
+        default=None, description="path to a calibration TOML, 'none' for datasheet defaults"
+    )
+    slo_ttft: float | None = Field(default=None, gt=0)
+    slo_tpot: float | None = Field(default=None, gt=0)
+    slo_e2e: float | None = Field(default=None, gt=0)
+    timeseries_points: int = Field(default=2000, ge=10)
+
+
+def validated(cls: type[BaseModel], **kwargs: object) -> BaseModel:
+    """Build a config model, turning pydantic's report into one InputError line."""
+    try:
+        return cls(**kwargs)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"]) or None
+        raise InputError(err["msg"], field=loc.replace("_", "-") if loc else None) from None

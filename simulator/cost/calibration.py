@@ -1,0 +1,81 @@
+"""Efficiency factors and overheads for the roofline, from a calibration profile.
+
+Selection order: an explicit ``--calibration`` path; a profile measured on the simulated GPU
+(``profiles/calibration/<gpu>/*.toml``, newest vLLM first); else ``defaults.toml``. The chosen
+profile's name, path and whether it is calibrated go into the run's summary.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from simulator.errors import InputError
+from simulator.paths import profiles_dir
+
+
+class Efficiency(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    gemm_compute: float = Field(gt=0, le=1)
+    gemm_memory: float = Field(gt=0, le=1)
+    attn_prefill_compute: float = Field(gt=0, le=1)
+    attn_prefill_memory: float = Field(gt=0, le=1)
+    attn_decode_compute: float = Field(gt=0, le=1)
+    attn_decode_memory: float = Field(gt=0, le=1)
+    elementwise_memory: float = Field(gt=0, le=1)
+    comm_bus: float = Field(gt=0, le=1)
+
+
+class Overhead(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    step_s: float = Field(ge=0)
+    per_seq_s: float = Field(ge=0)
+    comm_latency_s: float = Field(ge=0)
+
+
+class MemoryModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    nontorch_gib: float = Field(ge=0)
+
+
+class CalibrationProfile(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    calibrated: bool
+    error_band: float = Field(ge=0)
+    efficiency: Efficiency
+    overhead: Overhead
+    memory: MemoryModel
+    path: str = ""
+
+
+def load_profile(path: Path) -> CalibrationProfile:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return CalibrationProfile(**data, path=str(path))
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read calibration profile: {e}", file=str(path)) from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"not valid TOML: {e}", file=str(path)) from None
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise InputError(
+            err["msg"], file=str(path), field=".".join(str(x) for x in err["loc"])
+        ) from None
+
+
+def select_profile(gpu_name: str, explicit: str | None) -> CalibrationProfile:
+    """The profile for a GPU: explicit path, else measured on that GPU, else the defaults."""
+    root = profiles_dir() / "calibration"
+    if explicit and explicit != "none":
+        p = Path(explicit)
+        if not p.is_file():
+            raise InputError("calibration profile not found", file=explicit, field="calibration")
+        return load_profile(p)
+    if explicit != "none":
+        measured = sorted((root / gpu_name).glob("*.toml"), reverse=True)
+        if measured:
+            return load_profile(measured[0])
+    return load_profile(root / "defaults.toml")

@@ -1,0 +1,322 @@
+"""Roofline cost of one vLLM engine step, per operator, and its closed form over decode runs.
+
+Each operator takes ``max(FLOPs / achieved compute, HBM bytes / achieved bandwidth,
+wire bytes / achieved link bandwidth) + fixed latency``, where achieved = datasheet peak x an
+efficiency from the calibration profile. All figures are per GPU of one tensor-parallel group
+(weights and heads split ``tp`` ways).
+
+Between two scheduler events a replica only decodes: the batch ``B`` is fixed and the summed
+context grows by ``B`` per step, so only decode attention changes, linearly. :class:`DecodeRun`
+sums ``m`` such steps in closed form, which is what lets the simulator advance a whole run in one
+event instead of one event per token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from simulator.cost.calibration import CalibrationProfile
+from simulator.gpu import GPUSpec
+from simulator.model import ModelSpec
+
+INF = math.inf
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What the deployment runs in: bytes per weight, activation and KV element; GEMM math dtype."""
+
+    weight_bytes: float
+    act_bytes: float
+    kv_bytes: float
+    gemm_dtype: str  # key into GPUSpec.dense_tflops
+    attn_dtype: str
+    label: str
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """One operator of a step, summed over the layers it appears in (``count``)."""
+
+    name: str
+    count: int
+    flops: float
+    hbm_bytes: float
+    wire_bytes: float
+    time_s: float
+    bound: str
+
+    @property
+    def intensity(self) -> float:
+        return self.flops / self.hbm_bytes if self.hbm_bytes else INF
+
+
+@dataclass(frozen=True)
+class StepCost:
+    time_s: float
+    flops: float
+    hbm_bytes: float
+
+
+class Roofline:
+    """Step-cost model for one (model, GPU, TP, precision, calibration)."""
+
+    def __init__(
+        self, model: ModelSpec, gpu: GPUSpec, tp: int, prec: Precision, cal: CalibrationProfile
+    ) -> None:
+        self.model, self.gpu, self.tp, self.prec, self.cal = model, gpu, tp, prec, cal
+        e, bw = cal.efficiency, gpu.memory_bandwidth
+        m = model
+        self.rc_gemm = gpu.peak_flops(prec.gemm_dtype) * e.gemm_compute
+        self.rc_head = gpu.peak_flops(prec.attn_dtype) * e.gemm_compute  # lm_head stays 16-bit
+        self.rm_gemm = bw * e.gemm_memory
+        self.rc_attn_p = gpu.peak_flops(prec.attn_dtype) * e.attn_prefill_compute
+        self.rm_attn_p = bw * e.attn_prefill_memory
+        self.rc_attn_d = gpu.peak_flops(prec.attn_dtype) * e.attn_decode_compute
+        self.rm_attn_d = bw * e.attn_decode_memory
+        self.rm_elem = bw * e.elementwise_memory
+        link_gbs, self.link_name = gpu.interconnect_gbs()
+        # A ring all-reduce moves 2(tp-1)/tp of the message out of each GPU, one direction.
+        self.rn = link_gbs / 2 * 1e9 * e.comm_bus
+        self.layers = m.num_layers
+        ab = prec.act_bytes
+        # KV cache per token per layer on one GPU. MLA's latent is shared by all heads, so every
+        # TP rank keeps all of it; GQA replicates KV heads when tp > kv heads.
+        kv_el = m.kv_elements_per_token_per_layer()
+        self.kv_elems_shard = kv_el if m.mla else kv_el * max(m.num_kv_heads / tp, 1) / m.num_kv_heads
+        self.kv_bytes_token_layer = self.kv_elems_shard * prec.kv_bytes
+        heads = m.num_heads / tp
+        if m.mla:  # FLOPs per (query, key) pair per head: absorbed form for decode, expanded for prefill
+            qk = m.mla.qk_nope_head_dim + m.mla.qk_rope_head_dim
+            self.pair_flops_prefill = heads * (2 * qk + 2 * m.mla.v_head_dim)
+            self.pair_flops_decode = heads * (4 * m.mla.kv_lora_rank + 2 * m.mla.qk_rope_head_dim)
+            q_width = m.num_heads * qk / tp
+        else:
+            self.pair_flops_prefill = self.pair_flops_decode = heads * 4 * m.head_dim
+            q_width = m.num_heads * m.head_dim / tp
+        # Per-token bytes of the query read and output written by attention.
+        self.attn_qo_bytes = 2 * q_width * ab
+        self.attn_params = m.attn_params() / tp
+        self.attn_act = ab * (2 * m.hidden + 2 * q_width + 2 * kv_el / max(tp, 1))
+        self.groups = []
+        for g in m.groups:
+            if g.moe is None:
+                self.groups.append((g.count, None, 3 * m.hidden * m.intermediate / tp, 0.0, 0.0))
+            else:
+                mo = g.moe
+                self.groups.append((
+                    g.count, mo, 3 * m.hidden * mo.expert_intermediate / tp,
+                    3 * m.hidden * mo.shared_intermediate / tp, float(m.hidden * mo.num_experts),
+                ))
+        self.head_params = m.hidden * m.vocab / tp
+        self.elem_bytes_token = ab * 6 * m.hidden  # 2 norms + residual in/out per layer
+        self.overhead = cal.overhead
+        self._k_cache: dict[int, tuple[float, float, float]] = {}
+        self._layer_cache: dict[int, tuple[float, float, float]] = {}
+
+    # --- weights -----------------------------------------------------------------------------
+    def weight_bytes_per_gpu(self) -> float:
+        m, wb = self.model, self.prec.weight_bytes
+        layers = sum(g.count * (m.attn_params() + m.mlp_params(g.moe)) for g in m.groups)
+        head = 0 if m.tie_embeddings else m.lm_head_params()
+        # vLLM keeps embeddings and lm_head in 16-bit under FP8/INT quantization.
+        return (layers * wb + (m.embedding_params() + head) * 2) / self.tp + m.norm_params() * 2
+
+    # --- operators ---------------------------------------------------------------------------
+    def layer_ops(self, tokens: int) -> list[tuple]:
+        """Operators whose cost depends only on the step's token count: projections, MLP or
+        experts, norms and KV writes, tensor-parallel all-reduces.
+
+        Each entry is ``(name, count, flops, hbm_bytes, wire_bytes, rc, rm, rn, fixed_s)``.
+        """
+        wb, ab, L = self.prec.weight_bytes, self.prec.act_bytes, self.layers
+        out = []
+        for count, moe, mlp_p, shared_p, router_p in self.groups:
+            out.append(("attn_proj(qkv,o)", count, 2 * tokens * self.attn_params,
+                        self.attn_params * wb + tokens * self.attn_act, 0.0,
+                        self.rc_gemm, self.rm_gemm, INF, 0.0))
+            if moe is None:
+                out.append(("mlp", count, 2 * tokens * mlp_p,
+                            mlp_p * wb + tokens * ab * (2 * self.model.hidden + mlp_p / self.model.hidden),
+                            0.0, self.rc_gemm, self.rm_gemm, INF, 0.0))
+            else:
+                # Experts touched by `tokens` tokens each routed to top_k of E (uniform routing).
+                touched = moe.num_experts * (1 - (1 - moe.top_k / moe.num_experts) ** tokens)
+                out.append(("moe_experts", count,
+                            2 * tokens * (moe.top_k * mlp_p + shared_p + router_p),
+                            (touched * mlp_p + shared_p + router_p) * wb
+                            + tokens * ab * (2 * self.model.hidden * (moe.top_k + 1)),
+                            0.0, self.rc_gemm, self.rm_gemm, INF, 0.0))
+        out.append(("norms+kv_write", L, 0.0,
+                    tokens * (self.elem_bytes_token + self.kv_bytes_token_layer), 0.0,
+                    INF, self.rm_elem, INF, 0.0))
+        if self.tp > 1:
+            msg = tokens * self.model.hidden * ab
+            out.append((f"allreduce({self.link_name})", 2 * L, 0.0, 0.0,
+                        2 * (self.tp - 1) / self.tp * msg, INF, INF, self.rn,
+                        self.overhead.comm_latency_s))
+        return out
+
+    def step_ops(
+        self, n_decode: int, decode_ctx: float, prefills: list[tuple[int, int]], n_logits: int,
+        *, skip_decode_attention: bool = False,
+    ) -> list[tuple]:
+        """Operators that depend on the batch's make-up: attention, lm_head, CPU overhead.
+
+        ``decode_ctx`` is the summed number of tokens already in the KV cache of the decoding
+        sequences; each reads its context plus the token it writes this step.
+        """
+        out = []
+        L = self.layers
+        if prefills:
+            pairs = kv_read = 0.0
+            for n, p in prefills:
+                pairs += n * p + n * (n + 1) / 2
+                kv_read += p + n
+            n_pre = sum(n for n, _ in prefills)
+            out.append(("attention_prefill", L, self.pair_flops_prefill * pairs,
+                        kv_read * self.kv_bytes_token_layer + n_pre * self.attn_qo_bytes, 0.0,
+                        self.rc_attn_p, self.rm_attn_p, INF, 0.0))
+        if n_decode and not skip_decode_attention:
+            ctx = decode_ctx + n_decode
+            out.append(("attention_decode", L, self.pair_flops_decode * ctx,
+                        ctx * self.kv_bytes_token_layer + n_decode * self.attn_qo_bytes, 0.0,
+                        self.rc_attn_d, self.rm_attn_d, INF, 0.0))
+        if n_logits:
+            out.append(("lm_head", 1, 2 * n_logits * self.head_params,
+                        self.head_params * 2 + n_logits * self.model.vocab / self.tp * 4, 0.0,
+                        self.rc_head, self.rm_gemm, INF, 0.0))
+        n_seqs = n_decode + len(prefills)
+        out.append(("step_overhead(cpu)", 1, 0.0, 0.0, 0.0, INF, INF, INF,
+                    self.overhead.step_s + self.overhead.per_seq_s * n_seqs))
+        return out
+
+    def ops(
+        self, n_decode: int, decode_ctx: float, prefills: list[tuple[int, int]], n_logits: int,
+        *, skip_decode_attention: bool = False,
+    ) -> list[tuple]:
+        """Every operator of one step."""
+        tokens = n_decode + sum(n for n, _ in prefills)
+        return self.layer_ops(tokens) + self.step_ops(
+            n_decode, decode_ctx, prefills, n_logits, skip_decode_attention=skip_decode_attention)
+
+    @staticmethod
+    def _sum(ops: list[tuple]) -> tuple[float, float, float]:
+        t = f = b = 0.0
+        for _, c, fl, hb, wi, rc, rm, rn, fx in ops:
+            t += c * (max(fl / rc, hb / rm, wi / rn) + fx)
+            f += c * fl
+            b += c * hb
+        return t, f, b
+
+    def step(
+        self, n_decode: int, decode_ctx: float, prefills: list[tuple[int, int]], n_logits: int
+    ) -> StepCost:
+        """Sum of :meth:`ops`, with the token-count-only part memoised per token count."""
+        tokens = n_decode + sum(n for n, _ in prefills)
+        lay = self._layer_cache.get(tokens)
+        if lay is None:
+            lay = self._layer_cache[tokens] = self._sum(self.layer_ops(tokens))
+        t, f, b = self._sum(self.step_ops(n_decode, decode_ctx, prefills, n_logits))
+        return StepCost(t + lay[0], f + lay[1], b + lay[2])
+
+    def explain(
+        self, n_decode: int, decode_ctx: float, prefills: list[tuple[int, int]], n_logits: int
+    ) -> list[OpCost]:
+        rows = []
+        for name, c, fl, hb, wi, rc, rm, rn, fx in self.ops(n_decode, decode_ctx, prefills, n_logits):
+            times = {"compute": fl / rc, "memory": hb / rm, "network": wi / rn}
+            bound = max(times, key=times.get)
+            t = times[bound]
+            if fx and t == 0:
+                bound = "overhead"
+            rows.append(OpCost(name, c, c * fl, c * hb, c * wi, c * (t + fx), bound))
+        return rows
+
+    # --- closed form over a decode run -------------------------------------------------------
+    def decode_run(self, batch: int, ctx0: float) -> DecodeRun:
+        k = self._k_cache.get(batch)
+        if k is None:
+            lay = self._sum(self.layer_ops(batch))
+            rest = self._sum(self.step_ops(batch, 0.0, [], batch, skip_decode_attention=True))
+            k = (lay[0] + rest[0], lay[1] + rest[1], lay[2] + rest[2])
+            self._k_cache[batch] = k
+        return DecodeRun(self, batch, ctx0, k)
+
+
+class DecodeRun:
+    """``m`` consecutive decode-only steps of a fixed batch, summed in closed form.
+
+    Step ``i`` (from 0) reads ``ctx0 + B*(i+1)`` KV tokens per layer, so its attention costs
+    ``L * max(a1 + b1*i, a2 + b2*i)``; everything else is the constant ``K(B)``.
+    """
+
+    __slots__ = ("batch", "k_time", "k_flops", "k_bytes", "a1", "b1", "a2", "b2", "L",
+                 "f0", "f1", "by0", "by1", "a", "b")
+
+    def __init__(self, rf: Roofline, batch: int, ctx0: float, k: tuple[float, float, float]):
+        self.batch = batch
+        self.k_time, self.k_flops, self.k_bytes = k
+        self.L = rf.layers
+        c = ctx0 + batch
+        self.f0, self.f1 = rf.pair_flops_decode * c, rf.pair_flops_decode * batch
+        self.by0 = c * rf.kv_bytes_token_layer + batch * rf.attn_qo_bytes
+        self.by1 = batch * rf.kv_bytes_token_layer
+        self.a1, self.b1 = self.f0 / rf.rc_attn_d, self.f1 / rf.rc_attn_d
+        self.a2, self.b2 = self.by0 / rf.rm_attn_d, self.by1 / rf.rm_attn_d
+        # One line dominates for every step (the usual case: decode attention is memory-bound).
+        if self.a2 >= self.a1 and self.b2 >= self.b1:
+            self.a, self.b = self.a2, self.b2
+        elif self.a1 >= self.a2 and self.b1 >= self.b2:
+            self.a, self.b = self.a1, self.b1
+        else:
+            self.a = self.b = None
+
+    @staticmethod
+    def _lin(a: float, b: float, lo: int, hi: int) -> float:
+        """sum_{i=lo}^{hi-1} (a + b*i)."""
+        n = hi - lo
+        return a * n + b * (lo + hi - 1) * n / 2 if n > 0 else 0.0
+
+    def duration(self, m: int) -> float:
+        """Time of the first ``m`` steps."""
+        if self.a is not None:
+            return m * (self.k_time + self.L * self.a) + self.L * self.b * m * (m - 1) / 2
+        a1, b1, a2, b2 = self.a1, self.b1, self.a2, self.b2
+        # a1 + b1*i >= a2 + b2*i  <=>  i >= x (if b1 > b2) or i <= x (if b1 < b2)
+        x = (a2 - a1) / (b1 - b2)
+        if b1 > b2:
+            s = min(max(math.ceil(x), 0), m)
+            att = self._lin(a2, b2, 0, s) + self._lin(a1, b1, s, m)
+        else:
+            s = min(max(math.floor(x) + 1, 0), m)
+            att = self._lin(a1, b1, 0, s) + self._lin(a2, b2, s, m)
+        return m * self.k_time + self.L * att
+
+    def step_time(self, i: int) -> float:
+        return self.k_time + self.L * max(self.a1 + self.b1 * i, self.a2 + self.b2 * i)
+
+    def steps_done_by(self, dt: float, m_max: int) -> int:
+        """Largest m <= m_max whose first m steps finish within dt.
+
+        Steps only grow longer, so ``dt / step_time(0)`` bounds m from above, and cutting
+        ``ceil(excess / step_time(m-1))`` steps never cuts too many: a few evaluations suffice.
+        """
+        m = min(m_max, int(dt / self.step_time(0)))
+        while m > 0:
+            d = self.duration(m)
+            if d <= dt:
+                break
+            m -= max(1, math.ceil((d - dt) / self.step_time(m - 1)))
+        m = max(m, 0)
+        while m < m_max and self.duration(m + 1) <= dt:
+            m += 1
+        return m
+
+    def flops(self, m: int) -> float:
+        """FLOPs of the first m steps (the replica inlines the same sum on its hot path)."""
+        return m * self.k_flops + self.L * self._lin(self.f0, self.f1, 0, m)
+
+    def hbm_bytes(self, m: int) -> float:
+        return m * self.k_bytes + self.L * self._lin(self.by0, self.by1, 0, m)

@@ -1,0 +1,215 @@
+"""Resolve a SimulationConfig into a concrete deployment, recording where every value came from.
+
+This is where vLLM's start-up logic is reproduced: default batch limits per GPU class, the
+smallest tensor-parallel size whose weights fit, the KV-cache size left after weights and the
+profiling run's activations, and the max model length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from simulator.config import SimulationConfig
+from simulator.cost.calibration import CalibrationProfile, select_profile
+from simulator.cost.roofline import Precision, Roofline
+from simulator.errors import InputError
+from simulator.gpu import GIB, GPUSpec, parse_deployment
+from simulator.model import ModelSpec, load_model
+
+VLLM_DEFAULTS_SRC = "vLLM EngineArgs.get_batch_defaults (OpenAI server usage context)"
+
+
+@dataclass
+class Deployment:
+    gpu: GPUSpec
+    num_gpus: int
+    model: ModelSpec
+    tp: int
+    replicas: int
+    precision: Precision
+    calibration: CalibrationProfile
+    roofline: Roofline
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int
+    block_size: int
+    gpu_memory_utilization: float
+    num_kv_blocks: int
+    kv_bytes_per_token: float
+    weight_bytes_per_gpu: float
+    activation_reserve_bytes: float
+    gpu_cost_per_hour: float
+    router: str
+    provenance: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.num_kv_blocks * self.block_size
+
+    def describe(self) -> dict:
+        """The resolved config, as summary.json records it."""
+        c = self.calibration
+        return {
+            "gpu": self.gpu.name,
+            "gpu_display_name": self.gpu.display_name,
+            "num_gpus": self.num_gpus,
+            "model": self.model.name,
+            "model_source": self.model.source,
+            "model_params_b": round(self.model.total_params() / 1e9, 3),
+            "tensor_parallel_size": self.tp,
+            "data_parallel_replicas": self.replicas,
+            "router": self.router,
+            "max_num_seqs": self.max_num_seqs,
+            "max_num_batched_tokens": self.max_num_batched_tokens,
+            "max_model_len": self.max_model_len,
+            "block_size": self.block_size,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "precision": self.precision.label,
+            "weight_bytes_per_gpu": self.weight_bytes_per_gpu,
+            "activation_reserve_bytes": self.activation_reserve_bytes,
+            "kv_cache_blocks_per_replica": self.num_kv_blocks,
+            "kv_cache_tokens_per_replica": self.kv_capacity_tokens,
+            "kv_bytes_per_token_per_gpu": self.kv_bytes_per_token,
+            "gpu_cost_per_hour_usd": self.gpu_cost_per_hour,
+            "gpu_peak_bf16_tflops": self.gpu.dense_tflops["bf16"],
+            "gpu_memory_bandwidth_gbs": self.gpu.memory_bandwidth_gbs,
+            "calibration": {
+                "name": c.name,
+                "path": c.path,
+                "calibrated": c.calibrated,
+                "error_band": c.error_band,
+                "efficiency": c.efficiency.model_dump(),
+                "overhead": c.overhead.model_dump(),
+                "memory": c.memory.model_dump(),
+            },
+            "provenance": self.provenance,
+        }
+
+
+def _precision(cfg: SimulationConfig, model: ModelSpec, gpu: GPUSpec, prov: dict) -> Precision:
+    quant = cfg.engine.quantization or (
+        "fp8" if model.checkpoint_quantization == "fp8" else None
+    )
+    kv = 1.0 if cfg.engine.kv_cache_dtype == "fp8" else 2.0
+    dtype = "fp16" if cfg.engine.dtype == "float16" else "bf16"
+    if quant == "fp8":
+        prov["quantization"] = (
+            "--quantization fp8" if cfg.engine.quantization else "checkpoint quantization_config"
+        )
+        if gpu.supports("fp8"):
+            return Precision(1.0, 2.0, kv, "fp8", dtype, f"fp8 W8A8 weights, {dtype} attention, "
+                             f"{'fp8' if kv == 1 else dtype} KV")
+        prov["quantization"] += f"; {gpu.display_name} has no FP8 tensor cores: weight-only FP8"
+        return Precision(1.0, 2.0, kv, dtype, dtype, f"fp8 weight-only, {dtype} math")
+    return Precision(2.0, 2.0, kv, dtype, dtype, f"{dtype} weights and math, "
+                     f"{'fp8' if kv == 1 else dtype} KV")
+
+
+def _activation_reserve(model: ModelSpec, tp: int, tokens: int, seqs: int, ab: float) -> float:
+    """Peak of vLLM's start-up profiling run (see profiles/calibration/defaults.toml)."""
+    widest = max(
+        [2 * model.intermediate / tp]
+        + [2 * g.moe.expert_intermediate * g.moe.top_k / tp for g in model.groups if g.moe]
+    )
+    return tokens * (2 * model.hidden + widest) * ab + seqs * model.vocab * 8
+
+
+def resolve(cfg: SimulationConfig) -> Deployment:
+    gpu, count = parse_deployment(cfg.gpu)
+    model = load_model(cfg.model)
+    e = cfg.engine
+    prov: dict[str, str] = {"gpu": "profiles/hardware (datasheet figures, see sources)"}
+    prec = _precision(cfg, model, gpu, prov)
+    cal = select_profile(gpu.mig_parent or gpu.name, cfg.calibration)
+    if gpu.mig_parent and cal.calibrated:
+        prov["calibration"] = f"transferred from {gpu.mig_parent}: uncalibrated for the slice"
+    big = gpu.usable_memory_gib >= 70 and "a100" not in gpu.name
+    seqs = e.max_num_seqs or (1024 if big else 256)
+    tokens = e.max_num_batched_tokens or (8192 if big else 2048)
+    if e.max_num_seqs is None:
+        prov["max_num_seqs"] = f"{VLLM_DEFAULTS_SRC}: {seqs} on {'>=70 GiB non-A100' if big else 'this'} GPU"
+    if e.max_num_batched_tokens is None:
+        prov["max_num_batched_tokens"] = f"{VLLM_DEFAULTS_SRC}: {tokens}"
+    tokens = max(tokens, seqs) if e.max_num_batched_tokens is None else tokens
+    if tokens < seqs:
+        raise InputError(f"must be >= max-num-seqs ({seqs})", field="max-num-batched-tokens")
+
+    def budget(tp: int) -> tuple[float, float, Roofline]:
+        rf = Roofline(model, gpu, tp, prec, cal)
+        act = _activation_reserve(model, tp, tokens, seqs, prec.act_bytes)
+        avail = (gpu.usable_memory_bytes * e.gpu_memory_utilization - rf.weight_bytes_per_gpu()
+                 - act - cal.memory.nontorch_gib * GIB)
+        return avail, act, rf
+
+    if e.tensor_parallel_size:
+        tp = e.tensor_parallel_size
+        if tp > count:
+            raise InputError(f"{tp} exceeds the {count} GPU(s) of --gpu {cfg.gpu}",
+                             field="tensor-parallel-size")
+        if count % tp:
+            raise InputError(f"{count} GPUs do not split into TP{tp} replicas",
+                             field="tensor-parallel-size")
+        avail, act, rf = budget(tp)
+        prov["tensor_parallel_size"] = "--tensor-parallel-size"
+    else:
+        tp = 1
+        while True:
+            avail, act, rf = budget(tp)
+            if avail > 0 and (model.num_heads % tp == 0):
+                break
+            if tp * 2 > count:
+                raise InputError(
+                    f"{model.name} ({model.total_params() / 1e9:.1f}B params, "
+                    f"{rf.weight_bytes_per_gpu() * tp / GIB:.1f} GiB of weights) does not fit on "
+                    f"{count} x {gpu.display_name}; add GPUs or use --quantization fp8",
+                    field="gpu",
+                )
+            tp *= 2
+        prov["tensor_parallel_size"] = "smallest power of two whose weights fit, as vLLM needs"
+    if tp > 1 and gpu.mig_parent:
+        raise InputError("MIG slices have no NVLink or P2P: tensor parallelism across slices is "
+                         "not possible", field="tensor-parallel-size")
+    if model.num_heads % tp:
+        raise InputError(f"{model.num_heads} attention heads do not split {tp} ways",
+                         field="tensor-parallel-size")
+    if avail <= 0:
+        raise InputError(
+            f"no memory left for the KV cache on {gpu.display_name} with TP{tp} "
+            f"(weights {rf.weight_bytes_per_gpu() / GIB:.1f} GiB per GPU)",
+            field="tensor-parallel-size",
+        )
+    kv_token = rf.kv_bytes_token_layer * model.num_layers
+    blocks = int(avail // (kv_token * e.block_size))
+    cap = blocks * e.block_size
+    if e.max_model_len:
+        if e.max_model_len > cap:
+            raise InputError(
+                f"{e.max_model_len} tokens do not fit in the KV cache ({cap} tokens); "
+                "vLLM refuses to start like this", field="max-model-len")
+        max_len = e.max_model_len
+        prov["max_model_len"] = "--max-model-len"
+    else:
+        max_len = min(model.max_position, cap)
+        prov["max_model_len"] = (
+            "model max_position_embeddings" if max_len == model.max_position
+            else f"KV-cache capacity ({cap} tokens) < max_position_embeddings "
+                 f"({model.max_position}); vLLM would ask for --max-model-len"
+        )
+    cost = cfg.gpu_cost_per_hour if cfg.gpu_cost_per_hour is not None else gpu.cost_per_gpu_hour_usd
+    prov["gpu_cost_per_hour_usd"] = (
+        "--gpu-cost" if cfg.gpu_cost_per_hour is not None
+        else gpu.sources.get("cost_per_gpu_hour_usd", "derived from parent GPU price")
+    )
+    prov["calibration"] = prov.get("calibration", (
+        f"measured profile {cal.path}" if cal.calibrated
+        else f"uncalibrated: datasheet defaults ({cal.path}), +-{cal.error_band:.0%} error band"
+    ))
+    return Deployment(
+        gpu=gpu, num_gpus=count, model=model, tp=tp, replicas=count // tp, precision=prec,
+        calibration=cal, roofline=rf, max_num_seqs=seqs, max_num_batched_tokens=tokens,
+        max_model_len=max_len, block_size=e.block_size,
+        gpu_memory_utilization=e.gpu_memory_utilization, num_kv_blocks=blocks,
+        kv_bytes_per_token=kv_token, weight_bytes_per_gpu=rf.weight_bytes_per_gpu(),
+        activation_reserve_bytes=act, gpu_cost_per_hour=cost, router=cfg.router,
+        provenance=prov,
+    )

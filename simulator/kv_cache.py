@@ -1,0 +1,68 @@
+"""Paged KV-cache accounting for a replica, with O(block_size) cost per event.
+
+vLLM gives each sequence blocks of ``block_size`` tokens; a decoding sequence needs a new block
+on the step where its token count crosses a block boundary. Instead of walking every sequence,
+decoding sequences are counted in ``block_size`` buckets keyed by ``(tokens - step) mod
+block_size``, a key that does not change as they decode: the number of new blocks any run of
+steps needs is then a sum over at most ``block_size`` buckets.
+"""
+
+from __future__ import annotations
+
+
+def blocks_for(tokens: int, block_size: int) -> int:
+    return -(-tokens // block_size)
+
+
+class KVCache:
+    def __init__(self, num_blocks: int, block_size: int) -> None:
+        self.total = num_blocks
+        self.bs = block_size
+        self.used = 0
+        self.buckets = [0] * block_size
+        self.decoding = 0
+
+    @property
+    def free(self) -> int:
+        return self.total - self.used
+
+    def key(self, tokens: int, step: int) -> int:
+        return (tokens - step) % self.bs
+
+    def add_decoder(self, key: int) -> None:
+        self.buckets[key] += 1
+        self.decoding += 1
+
+    def remove_decoder(self, key: int) -> None:
+        self.buckets[key] -= 1
+        self.decoding -= 1
+
+    def new_blocks(self, step: int, m: int) -> int:
+        """Blocks the decoding sequences allocate over steps ``step .. step+m-1``."""
+        bs, b = self.bs, self.buckets
+        if m == 1:
+            return b[-step % bs]
+        full, rest = divmod(m, bs)
+        n = full * self.decoding
+        for j in range(rest):
+            n += b[(-(step + j)) % bs]
+        return n
+
+    def steps_that_fit(self, step: int, m_max: int) -> int:
+        """Most decode steps (<= m_max) whose block allocations fit in the free blocks."""
+        if self.decoding == 0:
+            return m_max
+        bs, b, free = self.bs, self.buckets, self.free
+        cycles = free // self.decoding  # each bs steps allocate one block per sequence
+        m = cycles * bs
+        if m >= m_max:
+            return m_max
+        left = free - cycles * self.decoding
+        j = 0
+        while j < bs and m + j < m_max:
+            need = b[(-(step + m + j)) % bs]
+            if need > left:
+                break
+            left -= need
+            j += 1
+        return m + j

@@ -1,0 +1,92 @@
+"""Report writers: what a run leaves in its output directory.
+
+Writers register by name. ``write_outputs`` writes every file into a staging directory first and
+moves them into place only when all succeeded, so a failed run never leaves partial output.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from simulator.errors import InputError
+from simulator.registry import Registry
+from simulator.run import SimulationResult
+
+Writer = Callable[[SimulationResult, Path], None]
+WRITERS: Registry[Writer] = Registry("report writer")
+
+
+def _clean(x):
+    """JSON has no NaN/inf: write null instead."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    return x
+
+
+@WRITERS.register("summary.json")
+def write_summary(res: SimulationResult, path: Path) -> None:
+    path.write_text(json.dumps(_clean(res.summary), indent=2) + "\n")
+
+
+REQUEST_COLUMNS = (
+    "request_id", "trace_line", "arrival_s", "first_token_s", "finish_s", "input_tokens",
+    "output_tokens", "ttft_s", "tpot_s", "e2e_s", "replica", "preemptions", "rejected_reason",
+)
+
+
+def _f(x: float | None) -> str:
+    return "" if x is None else f"{x:.6f}"
+
+
+@WRITERS.register("requests.csv")
+def write_requests(res: SimulationResult, path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(REQUEST_COLUMNS)
+        w.writerows(
+            (r.rid, r.line, f"{r.arrival:.6f}", _f(r.first_token_t), _f(r.finish_t),
+             r.input_tokens, r.output_tokens, _f(r.ttft), _f(r.tpot), _f(r.e2e),
+             r.replica if r.replica >= 0 else "", r.preemptions, r.rejected or "")
+            for r in res.requests
+        )
+
+
+@WRITERS.register("timeseries.csv")
+def write_timeseries(res: SimulationResult, path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(("time_s", "replica", "queue_length", "running", "kv_cache_utilization"))
+        w.writerows((f"{t:.6f}", i, q, run, f"{kv:.6f}") for t, i, q, run, kv in res.timeseries)
+
+
+def write_outputs(res: SimulationResult, out_dir: Path) -> list[Path]:
+    """Write every registered report into ``out_dir``, all or nothing."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create output directory: {e.strerror}", file=str(out_dir),
+                         field="output-dir") from None
+    if not out_dir.is_dir():
+        raise InputError("is not a directory", file=str(out_dir), field="output-dir")
+    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    try:
+        for name in WRITERS.names():
+            WRITERS.get(name)(res, stage / name)
+        written = []
+        for name in WRITERS.names():
+            dest = out_dir / name
+            (stage / name).replace(dest)
+            written.append(dest)
+        return written
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

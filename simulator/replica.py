@@ -1,0 +1,187 @@
+"""One vLLM engine replica as a simpy process: it plans steps, waits their roofline time, applies them.
+
+A general step (any prefill, admission or preemption) is one event. When only decodes remain,
+the replica advances a whole run of steps, up to the next completion, KV exhaustion or arrival,
+in one event whose duration is the closed-form sum of
+:class:`~simulator.cost.roofline.DecodeRun`. A run always ends on the step boundary where
+vLLM's scheduler would first see a newly arrived request:
+
+- pre-routed arrivals (routers whose choice does not depend on load, e.g. round-robin) are
+  known to the replica in advance, so it cuts the run there itself, with no extra event;
+- arrivals routed on load (least-loaded) interrupt the run when they could be admitted; the
+  replica finishes the step in progress and replans.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import simpy
+
+from simulator.cost.roofline import Roofline
+from simulator.metrics import LogHistogram, ReplicaStats
+from simulator.request import Request
+from simulator.schedule import Scheduler
+
+
+class Replica:
+    def __init__(self, env: simpy.Environment, index: int, roofline: Roofline, num_blocks: int,
+                 block_size: int, max_num_seqs: int, max_num_batched_tokens: int,
+                 itl: LogHistogram, done: list[Request], sample_every: float,
+                 incoming: list[Request] | None = None) -> None:
+        self.env = env
+        self.index = index
+        self.rf = roofline
+        self.sched = Scheduler(num_blocks, block_size, max_num_seqs, max_num_batched_tokens)
+        self.itl = itl
+        self.done = done
+        self.stats = ReplicaStats()
+        self.sample_every = sample_every
+        self.next_sample = 0.0
+        self.idle = True
+        self.interruptible = False
+        self.wake: simpy.Event | None = None
+        # Pre-routed arrivals, in arrival order (None: the router enqueues them live).
+        self.incoming: deque[Request] | None = None if incoming is None else deque(incoming)
+        for r in incoming or ():
+            r.replica = index
+        self.proc = env.process(self._run())
+
+    # --- called by a live router ---------------------------------------------------------------
+    def enqueue(self, req: Request) -> None:
+        s = self.sched
+        req.replica = self.index
+        s.waiting.append(req)
+        if self.idle:
+            if self.wake is not None and not self.wake.triggered:
+                self.wake.succeed()
+        elif self.interruptible and len(s.waiting) == 1 and s.can_admit_head():
+            self.interruptible = False
+            self.proc.interrupt()
+
+    def load(self) -> int:
+        return self.sched.load()
+
+    # --- callbacks from the scheduler ----------------------------------------------------------
+    def _on_token(self, r: Request, now: float) -> None:
+        """A prefill finished and sampled a token: the first one, or the first after recompute."""
+        if r.first_token_t is None:
+            r.first_token_t = now
+        else:
+            self.itl.add(now - r.last_token_t)
+
+    # --- bookkeeping ---------------------------------------------------------------------------
+    def _sample(self, now: float) -> None:
+        s = self.sched
+        self.stats.samples.append((round(now, 6), len(s.waiting), s.running, s.kv.used / s.kv.total))
+        self.next_sample = (now // self.sample_every + 1) * self.sample_every
+
+    # --- the engine loop -----------------------------------------------------------------------
+    def _run(self):
+        env, s, rf, inc = self.env, self.sched, self.rf, self.incoming
+        while True:
+            now = env.now
+            if inc:
+                while inc and inc[0].arrival <= now:
+                    s.waiting.append(inc.popleft())
+            if now >= self.next_sample:
+                self._sample(now)
+            if not s.busy():
+                if inc:
+                    yield env.timeout(inc[0].arrival - now)
+                    continue
+                if inc is not None:
+                    return  # pre-routed and all served
+                self.idle = True
+                self.wake = env.event()
+                yield self.wake
+                self.idle = False
+                continue
+            m = 0 if (s.prefilling or s.can_admit_head()) else s.decode_run_length()
+            used0 = s.kv.used
+            if m == 0:
+                step = s.plan_step(now)
+                if not step.chunks and not step.n_decode:
+                    continue  # everything was preempted; next iteration admits from the queue
+                peak = s.kv.used
+                prefills = [(n, r.computed) for r, n in step.chunks]
+                cost = rf.step(step.n_decode, step.decode_ctx, prefills,
+                               step.n_decode + len(prefills))
+                yield env.timeout(cost.time_s)
+                self._finish_general(step, cost, len(prefills), used0, peak)
+                continue
+            if inc is not None:
+                # Pre-routed: nothing outside this replica reads its state, so every decode run
+                # up to the next scheduling decision is applied now and waited out as one event.
+                yield env.timeout(self._decode_chain(now, m))
+                continue
+            # Live routing: one run, up to m steps; an admissible arrival cuts it short.
+            batch = len(s.decoding)
+            run = rf.decode_run(batch, s.ctx_sum)
+            dur = run.duration(m)
+            self.interruptible = not s.waiting
+            try:
+                yield env.timeout(dur)
+            except simpy.Interrupt:
+                m = min(run.steps_done_by(env.now - now, m) + 1, m)
+                dur = run.duration(m)
+                yield env.timeout(now + dur - env.now)
+            self.interruptible = False
+            self._apply_run(run, m, dur, env.now, used0)
+
+    def _decode_chain(self, now: float, m: int) -> float:
+        """Apply decode runs back to back until the next arrival, a preemption or an admission
+        becomes possible; return their total duration. Completions are stamped at their step."""
+        s, rf, inc = self.sched, self.rf, self.incoming
+        t = now
+        while True:
+            used0 = s.kv.used
+            run = rf.decode_run(len(s.decoding), s.ctx_sum)
+            cut = False
+            if inc and not s.waiting:
+                k = run.steps_done_by(inc[0].arrival - t, m) + 1
+                if k < m or (k == m and t + run.duration(m) > inc[0].arrival):
+                    m, cut = k, True
+            dur = run.duration(m)
+            t += dur
+            self._apply_run(run, m, dur, t, used0)
+            if cut or not s.decoding or s.waiting:
+                return t - now
+            m = s.decode_run_length()
+            if m == 0:
+                return t - now
+
+    def _apply_run(self, run, m: int, dur: float, end: float, used0: int) -> None:
+        batch = run.batch
+        a = run.a
+        if a is not None:  # inline step_time(0), step_time(m-1) of the usual one-line case
+            first = run.k_time + run.L * a
+            self.itl.add_range(first, first + run.L * run.b * (m - 1), batch * m, dur / m)
+        else:
+            self.itl.add_range(run.step_time(0), run.step_time(m - 1), batch * m, dur / m)
+        s = self.sched
+        peak = s.advance_decode(m, end, self.done.append)
+        st, kv = self.stats, s.kv
+        st.steps += m
+        st.seq_steps += batch * m
+        tri = m * (m - 1) / 2
+        st.flops += m * run.k_flops + run.L * (run.f0 * m + run.f1 * tri)
+        st.hbm_bytes += m * run.k_bytes + run.L * (run.by0 * m + run.by1 * tri)
+        st.busy_s += dur
+        st.kv_integral += dur * (used0 + kv.used) / 2 / kv.total
+        if peak > st.kv_peak_blocks:
+            st.kv_peak_blocks = peak
+
+    def _finish_general(self, step, cost, n_prefills: int, used0: int, peak: int) -> None:
+        s, st, kv = self.sched, self.stats, self.sched.kv
+        if step.n_decode:
+            self.itl.add(cost.time_s, step.n_decode)
+        s.finish_step(step, self.env.now, self._on_token, self.done.append)
+        st.steps += 1
+        st.seq_steps += step.n_decode + n_prefills
+        st.flops += cost.flops
+        st.hbm_bytes += cost.hbm_bytes
+        st.busy_s += cost.time_s
+        st.kv_integral += cost.time_s * (used0 + kv.used) / 2 / kv.total
+        if peak > st.kv_peak_blocks:
+            st.kv_peak_blocks = peak

@@ -1,0 +1,112 @@
+"""Rich tables for the terminal: the run summary, explain's operator breakdown, GPU and model lists."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+
+from simulator.cost.roofline import OpCost
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x * 1e3:,.1f}"
+
+
+def summary_table(s: dict) -> Group:
+    """Latency percentiles, then the run's headline facts."""
+    c = s["config"]
+    cal = c["calibration"]
+    status = ("calibrated: " + cal["name"]) if cal["calibrated"] else (
+        f"UNCALIBRATED datasheet defaults, +-{cal['error_band']:.0%}")
+    lat = Table(title=f"{c['num_gpus']} x {c['gpu_display_name']} | {c['model']} | "
+                      f"TP{c['tensor_parallel_size']} x {c['data_parallel_replicas']} replica(s) | "
+                      f"{status}", title_justify="left")
+    lat.add_column("latency (ms)")
+    for col in ("mean", "p50", "p90", "p95", "p99"):
+        lat.add_column(col, justify="right")
+    for key, label in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("itl_s", "ITL"),
+                       ("e2e_s", "E2E")):
+        d = s[key]
+        lat.add_row(label, *(_ms(d[k]) for k in ("mean", "p50", "p90", "p95", "p99")))
+    facts = Table(show_header=False, box=None, padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    good = "- (give --slo-ttft/--slo-tpot)" if s["goodput"] is None else (
+        f"{s['goodput']:.2f} req/s within SLOs")
+    cpm = s["cost_per_million_output_tokens"]
+    for k, v in (
+        ("requests", f"{s['completed']:,} completed, {s['rejected']:,} rejected, "
+                     f"{s['preemptions']:,} preemptions"),
+        ("throughput", f"{s['request_throughput']:.2f} req/s, {s['output_throughput']:,.0f} "
+                       f"output tok/s, {s['total_token_throughput']:,.0f} total tok/s"),
+        ("goodput", good),
+        ("batch / KV cache", f"mean batch {s['mean_batch_size']:.1f}; KV utilisation mean "
+                             f"{s['kv_cache_utilization']['mean']:.1%}, peak "
+                             f"{s['kv_cache_utilization']['peak']:.1%}"),
+        ("MFU / MBU", f"{s['mfu']:.1%} / {s['mbu']:.1%}"),
+        ("cost", f"${s['cost_usd']:,.2f} for {s['gpu_hours']:,.2f} GPU-hours at "
+                 f"${s['cost_per_hour_usd']:.2f}/h; "
+                 + ("-" if cpm is None else f"${cpm:.3f} per 1M output tokens")),
+        ("simulated span", f"{s['duration_s']:,.1f} s"),
+    ):
+        facts.add_row(k, v)
+    return Group(lat, facts)
+
+
+def explain_table(dep, rows: list[OpCost], n_dec: int, ctx: int, chunks) -> Table:
+    g, cal = dep.gpu, dep.calibration
+    total = sum(r.time_s for r in rows)
+    batch = []
+    if n_dec:
+        batch.append(f"{n_dec} decode @ {ctx} ctx")
+    batch += [f"prefill {n}" + (f" after {p}" if p else "") for n, p in chunks]
+    t = Table(title=(
+        f"{dep.model.name} on {g.display_name}, TP{dep.tp}, {dep.precision.label}; "
+        f"step: {', '.join(batch)}\npeak {g.dense_tflops[dep.precision.gemm_dtype]:,.0f} "
+        f"TFLOPS ({dep.precision.gemm_dtype}), {g.memory_bandwidth_gbs:,.0f} GB/s; "
+        f"efficiencies from {cal.name}{'' if cal.calibrated else ' (uncalibrated)'}"),
+        title_justify="left")
+    for col in ("operator", "layers", "GFLOP", "HBM MB", "net MB", "FLOP/B", "bound",
+                "time us", "share"):
+        t.add_column(col, justify="left" if col in ("operator", "bound") else "right")
+    for r in rows:
+        t.add_row(r.name, str(r.count), f"{r.flops / 1e9:,.2f}", f"{r.hbm_bytes / 1e6:,.2f}",
+                  f"{r.wire_bytes / 1e6:,.2f}", "-" if not r.hbm_bytes else f"{r.intensity:,.1f}",
+                  r.bound, f"{r.time_s * 1e6:,.1f}", f"{r.time_s / total:.1%}")
+    t.add_section()
+    t.add_row("step total", "", f"{sum(r.flops for r in rows) / 1e9:,.2f}",
+              f"{sum(r.hbm_bytes for r in rows) / 1e6:,.2f}", "", "", "",
+              f"{total * 1e6:,.1f}", "100%")
+    return t
+
+
+def gpu_table() -> Table:
+    from simulator.gpu import catalog
+
+    t = Table(title="GPU profiles (dense peak; profiles/hardware)")
+    for col in ("name", "aliases", "memory GB", "GB/s", "bf16 TF", "fp8 TF", "link GB/s",
+                "$/h", "MIG slices"):
+        t.add_column(col)
+    for g in catalog().values():
+        link, kind = g.interconnect_gbs()
+        t.add_row(g.name, ", ".join(g.aliases), f"{g.memory_gb:g}", f"{g.memory_bandwidth_gbs:g}",
+                  f"{g.dense_tflops['bf16']:g}", f"{g.dense_tflops.get('fp8', 0):g}" if
+                  "fp8" in g.dense_tflops else "-", f"{link:g} {kind}",
+                  f"{g.cost_per_gpu_hour_usd:.2f}", ", ".join(g.mig) or "-")
+    return t
+
+
+def model_table() -> Table:
+    from simulator.model import load_model, shipped_models
+
+    t = Table(title="Shipped model configs (profiles/models)")
+    for col in ("name", "source", "params B", "active B", "layers", "heads/kv", "experts"):
+        t.add_column(col)
+    for name in shipped_models():
+        m = load_model(name)
+        moe = next((g.moe for g in m.groups if g.moe), None)
+        t.add_row(name, m.source, f"{m.total_params() / 1e9:.1f}",
+                  f"{m.active_params() / 1e9:.1f}", str(m.num_layers),
+                  f"{m.num_heads}/{m.num_kv_heads}",
+                  f"{moe.num_experts} top-{moe.top_k}" if moe else "-")
+    return t

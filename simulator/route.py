@@ -1,0 +1,64 @@
+"""Routers: which data-parallel replica an arriving request goes to.
+
+Registered by name; ``--router`` takes any registered name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from simulator.registry import Registry
+from simulator.request import Request
+
+
+class Routable(Protocol):
+    def load(self) -> int: ...
+
+
+class Router(Protocol):
+    def __init__(self, replicas: Sequence[Routable]) -> None: ...
+
+    def assign(self, requests: Sequence[Request]) -> list[int] | None:
+        """Replica of every request up front, for routers that ignore load; else None."""
+
+    def pick(self, req: Request) -> int:
+        """Replica for one request at its arrival, seeing the replicas' current state."""
+
+
+ROUTERS: Registry[type] = Registry("router")
+
+
+@ROUTERS.register("round-robin")
+class RoundRobin:
+    """Replica i, i+1, ... in turn, as a plain load balancer does."""
+
+    def __init__(self, replicas: Sequence[Routable]) -> None:
+        self.n = len(replicas)
+        self.i = -1
+
+    def assign(self, requests: Sequence[Request]) -> list[int]:
+        return [i % self.n for i in range(len(requests))]
+
+    def pick(self, req: Request) -> int:
+        self.i = (self.i + 1) % self.n
+        return self.i
+
+
+@ROUTERS.register("least-loaded")
+class LeastLoaded:
+    """The replica with the fewest queued + running requests (lowest index on ties)."""
+
+    def __init__(self, replicas: Sequence[Routable]) -> None:
+        self.replicas = replicas
+
+    def assign(self, requests: Sequence[Request]) -> None:
+        return None
+
+    def pick(self, req: Request) -> int:
+        best, best_load = 0, None
+        for i, r in enumerate(self.replicas):
+            load = r.load()
+            if best_load is None or load < best_load:
+                best, best_load = i, load
+        return best

@@ -1,0 +1,177 @@
+"""Assemble and run one simulation: deployment, replicas, router, arrivals; then the summary."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import simpy
+
+from simulator.config import SimulationConfig
+from simulator.deployment import Deployment, resolve
+from simulator.metrics import LogHistogram, distribution
+from simulator.replica import Replica
+from simulator.request import REJECTED, Request
+from simulator.route import ROUTERS
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class SimulationResult:
+    deployment: Deployment
+    requests: list[Request]
+    summary: dict
+    timeseries: list[tuple[float, int, int, int, float]]  # (t, replica, queued, running, kv)
+
+
+def _reject(r: Request, max_len: int) -> bool:
+    """vLLM refuses a request whose prompt plus output exceeds max-model-len."""
+    if r.input_tokens + r.output_tokens <= max_len:
+        return False
+    r.rejected = (f"input+output tokens exceed max-model-len "
+                  f"({r.input_tokens + r.output_tokens} > {max_len})")
+    r.state = REJECTED
+    return True
+
+
+def _arrivals(env: simpy.Environment, reqs: list[Request], replicas: list[Replica], router,
+              progress: Progress | None):
+    """Live routing: each request is routed at its arrival, seeing the replicas' state."""
+    n = len(reqs)
+    every = max(n // 200, 1)
+    for i, r in enumerate(reqs):
+        dt = r.arrival - env.now
+        if dt > 0:
+            yield env.timeout(dt)
+        replicas[router.pick(r)].enqueue(r)
+        if progress and i % every == 0:
+            progress(i, n)
+
+
+def _ticker(env: simpy.Environment, total: int, span: float, progress: Progress):
+    """Progress for pre-routed runs: report simulated time as a share of requests."""
+    for k in range(1, 101):
+        yield env.timeout(span / 100)
+        progress(int(total * k / 100), total)
+
+
+def run_simulation(cfg: SimulationConfig, requests: list[Request],
+                   progress: Progress | None = None) -> SimulationResult:
+    """Replay ``requests`` (sorted by arrival) through the deployment ``cfg`` describes."""
+    dep = resolve(cfg)
+    env = simpy.Environment()
+    itl = LogHistogram()
+    done: list[Request] = []
+    rejected = [r for r in requests if _reject(r, dep.max_model_len)]
+    accepted = [r for r in requests if r.rejected is None] if rejected else requests
+    span = max(requests[-1].arrival, 1.0)
+    sample_every = span / cfg.timeseries_points
+    router = ROUTERS.get(cfg.router)([_Placeholder()] * dep.replicas)
+    plan = router.assign(accepted)
+    per_replica: list[list[Request]] | None = None
+    if plan is not None:
+        per_replica = [[] for _ in range(dep.replicas)]
+        for r, i in zip(accepted, plan, strict=True):
+            per_replica[i].append(r)
+    replicas = [
+        Replica(env, i, dep.roofline, dep.num_kv_blocks, dep.block_size, dep.max_num_seqs,
+                dep.max_num_batched_tokens, itl, done, sample_every,
+                None if per_replica is None else per_replica[i])
+        for i in range(dep.replicas)
+    ]
+    if plan is None:
+        router = ROUTERS.get(cfg.router)(replicas)
+        env.process(_arrivals(env, accepted, replicas, router, progress))
+    elif progress:
+        env.process(_ticker(env, len(requests), span, progress))
+    env.run()
+    if progress:
+        progress(len(requests), len(requests))
+    end = max((r.finish_t for r in done), default=requests[-1].arrival)
+    for rep in replicas:  # final state of each replica in the time series
+        rep._sample(end)
+    summary = summarize(cfg, dep, requests, done, rejected, replicas, itl, end)
+    series = [(t, rep.index, q, run, kv) for rep in replicas for (t, q, run, kv) in rep.stats.samples]
+    series.sort()
+    return SimulationResult(dep, requests, summary, series)
+
+
+class _Placeholder:
+    """Stands in for replicas while a router decides whether it can assign up front."""
+
+    def load(self) -> int:
+        return 0
+
+
+def summarize(cfg: SimulationConfig, dep: Deployment, requests: list[Request],
+              done: list[Request], rejected: list[Request], replicas: list[Replica],
+              itl: LogHistogram, end: float) -> dict:
+    start = requests[0].arrival
+    duration = max(end - start, 1e-9)
+    ttft = [r.first_token_t - r.arrival for r in done]
+    e2e = [r.finish_t - r.arrival for r in done]
+    tpot = [t for r in done if (t := r.tpot) is not None]
+    out_tok = sum(r.output_tokens for r in done)
+    in_tok = sum(r.input_tokens for r in done)
+    slos = {"ttft": cfg.slo_ttft, "tpot": cfg.slo_tpot, "e2e": cfg.slo_e2e}
+    goodput = None
+    if any(v is not None for v in slos.values()):
+        good = sum(
+            1 for r in done
+            if (cfg.slo_ttft is None or r.ttft <= cfg.slo_ttft)
+            and (cfg.slo_tpot is None or (r.tpot or 0.0) <= cfg.slo_tpot)
+            and (cfg.slo_e2e is None or r.e2e <= cfg.slo_e2e)
+        )
+        goodput = good / duration
+    stats = [rep.stats for rep in replicas]
+    steps = sum(s.steps for s in stats)
+    gpus = dep.replicas * dep.tp
+    peak_flops = dep.gpu.peak_flops(dep.precision.gemm_dtype) * gpus
+    # Each replica's FLOPs and bytes are per GPU of its TP group; scale by tp for the group.
+    flops = sum(s.flops for s in stats) * dep.tp
+    hbm = sum(s.hbm_bytes for s in stats) * dep.tp
+    gpu_hours = dep.num_gpus * duration / 3600
+    cost = gpu_hours * dep.gpu_cost_per_hour
+    return {
+        "ttft_s": distribution(ttft),
+        "tpot_s": distribution(tpot),
+        "itl_s": itl.summary(),
+        "e2e_s": distribution(e2e),
+        "completed": len(done),
+        "rejected": len(rejected),
+        "rejected_reasons": _count_reasons(rejected),
+        "preemptions": sum(rep.sched.preemptions for rep in replicas),
+        "duration_s": duration,
+        "request_throughput": len(done) / duration,
+        "output_throughput": out_tok / duration,
+        "total_token_throughput": (in_tok + out_tok) / duration,
+        "total_input_tokens": in_tok,
+        "total_output_tokens": out_tok,
+        "goodput": goodput,
+        "slo": slos,
+        "kv_cache_utilization": {
+            "mean": sum(s.kv_integral for s in stats) / (duration * len(stats)),
+            "peak": max(s.kv_peak_blocks for s in stats) / dep.num_kv_blocks,
+        },
+        "mean_batch_size": sum(s.seq_steps for s in stats) / steps if steps else 0.0,
+        "engine_steps": steps,
+        "mfu": flops / (peak_flops * duration),
+        "mbu": hbm / (dep.gpu.memory_bandwidth * gpus * duration),
+        "gpu_hours": gpu_hours,
+        "cost_usd": cost,
+        "cost_per_hour_usd": dep.num_gpus * dep.gpu_cost_per_hour,
+        "cost_per_million_output_tokens": cost / out_tok * 1e6 if out_tok else None,
+        "calibrated": dep.calibration.calibrated,
+        "error_band": None if dep.calibration.calibrated else dep.calibration.error_band,
+        "config": {**dep.describe(), "engine_args": cfg.engine.model_dump(),
+                   "slo": slos},
+    }
+
+
+def _count_reasons(rejected: list[Request]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in rejected:
+        key = (r.rejected or "").split(" (")[0]
+        out[key] = out.get(key, 0) + 1
+    return out

@@ -1,0 +1,215 @@
+"""vLLM v1 scheduling policy for one replica: who runs in the next engine step.
+
+Per step (``vllm/v1/core/sched/scheduler.py``): running requests first (decodes take one token
+each, then partial prefills take chunks), within ``max_num_batched_tokens`` and
+``max_num_seqs``; when KV blocks run out, the most recently admitted running request is
+preempted by recompute and goes back to the front of the queue; only if nothing was preempted
+are waiting requests admitted, first come first served, each with as large a prefill chunk as
+the token budget allows (chunked prefill is always on in v1), stopping at the first that does
+not fit.
+
+Decoding requests are never walked one by one: their contexts and block needs live in
+aggregates (:class:`~simulator.kv_cache.KVCache`, ``ctx_sum``) and their completions in a heap
+keyed by the step at which they finish.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass, field
+
+from simulator.kv_cache import KVCache, blocks_for
+from simulator.request import DECODE, DONE, PREFILL, QUEUED, Request
+
+
+@dataclass
+class Step:
+    """A general engine step: the decoding batch plus prefill chunks ``(request, tokens)``."""
+
+    n_decode: int
+    decode_ctx: int
+    chunks: list[tuple[Request, int]] = field(default_factory=list)
+
+
+class Scheduler:
+    def __init__(self, num_blocks: int, block_size: int, max_num_seqs: int,
+                 max_num_batched_tokens: int) -> None:
+        self.kv = KVCache(num_blocks, block_size)
+        self.max_seqs = max_num_seqs
+        self.max_tokens = max_num_batched_tokens
+        self.waiting: deque[Request] = deque()
+        self.prefilling: list[Request] = []
+        self.decoding: dict[int, Request] = {}  # insertion order = order they began decoding
+        self.heap: list[tuple[int, int, Request]] = []  # (finish step, token, request)
+        self.ctx_sum = 0  # tokens in the KV cache, summed over decoding requests
+        self.step_no = 0  # engine steps run so far; a decoding request gains one token per step
+        self._token = 0
+        self.preemptions = 0
+
+    # --- state -------------------------------------------------------------------------------
+    @property
+    def running(self) -> int:
+        return len(self.decoding) + len(self.prefilling)
+
+    def busy(self) -> bool:
+        return bool(self.decoding or self.prefilling or self.waiting)
+
+    def load(self) -> int:
+        return len(self.waiting) + self.running
+
+    def _tokens_of(self, r: Request) -> int:
+        """Tokens in KV of a decoding request now."""
+        return r.prompt_len + (self.step_no - r.join_step)
+
+    def can_admit_head(self) -> bool:
+        """Would the next general step admit the head of the queue? (exact, absent preemption)"""
+        if not self.waiting or self.running >= self.max_seqs:
+            return False
+        budget = self.max_tokens - len(self.decoding)
+        if budget <= 0:
+            return False
+        free = self.kv.free - self.kv.new_blocks(self.step_no, 1)
+        for r in self.prefilling:
+            n = min(r.prompt_len - r.computed, budget)
+            free -= blocks_for(r.computed + n, self.kv.bs) - r.blocks
+            budget -= n
+            if budget <= 0:
+                return False
+        head = self.waiting[0]
+        return blocks_for(min(head.prompt_len, budget), self.kv.bs) <= free
+
+    # --- preemption ----------------------------------------------------------------------------
+    def _preempt_tail(self, now: float) -> Request:
+        """Preempt the most recently admitted running request (vLLM: running.pop())."""
+        if self.prefilling:
+            r = self.prefilling.pop()
+        else:
+            _, r = self.decoding.popitem()
+            c = self._tokens_of(r)
+            r.gen += self.step_no - r.join_step
+            self.kv.remove_decoder(r.key)
+            self.ctx_sum -= c
+            r.prompt_len = r.input_tokens + r.gen  # recompute prompt and generated tokens
+            r.last_token_t = now
+            r.blocks = blocks_for(c, self.kv.bs)
+        self.kv.used -= r.blocks
+        r.blocks = 0
+        r.computed = 0
+        r.state = QUEUED
+        r.heap_token = -1
+        r.preemptions += 1
+        self.preemptions += 1
+        self.waiting.appendleft(r)
+        return r
+
+    # --- general step ------------------------------------------------------------------------
+    def plan_step(self, now: float) -> Step:
+        kv, bs = self.kv, self.kv.bs
+        preempted = False
+        need = kv.new_blocks(self.step_no, 1)
+        while need > kv.free and (self.decoding or self.prefilling):
+            self._preempt_tail(now)
+            preempted = True
+            need = kv.new_blocks(self.step_no, 1)
+        kv.used += need
+        budget = self.max_tokens - len(self.decoding)
+        step = Step(len(self.decoding), self.ctx_sum)
+        for r in list(self.prefilling):
+            if budget <= 0:
+                break
+            n = min(r.prompt_len - r.computed, budget)
+            nb = blocks_for(r.computed + n, bs) - r.blocks
+            while nb > kv.free and r.state == PREFILL:
+                self._preempt_tail(now)
+                preempted = True
+            if r.state != PREFILL:
+                break
+            kv.used += nb
+            r.blocks += nb
+            step.chunks.append((r, n))
+            budget -= n
+        if not preempted:
+            while self.waiting and budget > 0 and self.running < self.max_seqs:
+                r = self.waiting[0]
+                n = min(r.prompt_len, budget)
+                nb = blocks_for(n, bs)
+                if nb > kv.free:
+                    break
+                self.waiting.popleft()
+                r.state = PREFILL
+                r.computed = 0
+                r.blocks = nb
+                kv.used += nb
+                self.prefilling.append(r)
+                step.chunks.append((r, n))
+                budget -= n
+        return step
+
+    def finish_step(self, step: Step, now: float, on_token, on_done) -> None:
+        """Apply a general step that ended at ``now``."""
+        self.step_no += 1
+        self.ctx_sum += step.n_decode
+        for r, n in step.chunks:
+            if r.state != PREFILL:
+                continue
+            r.computed += n
+            if r.computed < r.prompt_len:
+                continue
+            self.prefilling.remove(r)
+            on_token(r, now)
+            r.gen += 1
+            if r.gen >= r.output_tokens:
+                self._done(r, now, r.prompt_len, on_done)
+                continue
+            r.state = DECODE
+            r.join_step = self.step_no
+            r.key = self.kv.key(r.prompt_len, self.step_no)
+            self.kv.add_decoder(r.key)
+            self.ctx_sum += r.prompt_len
+            self.decoding[id(r)] = r
+            self._token += 1
+            r.heap_token = self._token
+            heapq.heappush(self.heap, (self.step_no + r.output_tokens - r.gen, self._token, r))
+        self._complete_due(now, on_done)
+
+    # --- decode runs ---------------------------------------------------------------------------
+    def next_completion_in(self) -> int:
+        h = self.heap
+        while h and h[0][2].heap_token != h[0][1]:
+            heapq.heappop(h)
+        return h[0][0] - self.step_no if h else 0
+
+    def decode_run_length(self) -> int:
+        """Steps a pure-decode run can take before the next completion or KV exhaustion."""
+        return self.kv.steps_that_fit(self.step_no, self.next_completion_in())
+
+    def advance_decode(self, m: int, now: float, on_done) -> int:
+        """Apply m decode-only steps; return the blocks in use at the run's peak."""
+        kv = self.kv
+        kv.used += kv.new_blocks(self.step_no, m)
+        peak = kv.used
+        self.ctx_sum += len(self.decoding) * m
+        self.step_no += m
+        self._complete_due(now, on_done)
+        return peak
+
+    def _complete_due(self, now: float, on_done) -> None:
+        h = self.heap
+        while h and h[0][0] <= self.step_no:
+            _, tok, r = heapq.heappop(h)
+            if r.heap_token != tok:
+                continue
+            c = self._tokens_of(r)
+            del self.decoding[id(r)]
+            self.kv.remove_decoder(r.key)
+            self.ctx_sum -= c
+            r.gen = r.output_tokens
+            self._done(r, now, c, on_done)
+
+    def _done(self, r: Request, now: float, tokens: int, on_done) -> None:
+        self.kv.used -= r.blocks if r.state == PREFILL else blocks_for(tokens, self.kv.bs)
+        r.blocks = 0
+        r.state = DONE
+        r.finish_t = now
+        on_done(r)

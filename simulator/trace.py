@@ -1,0 +1,161 @@
+"""Trace formats: read a file into validated Requests, with file:line:field errors.
+
+Formats register by name and file extension; ``load_trace`` picks one by ``--trace-format`` or
+by extension. The native format is JSONL, one request per line::
+
+    {"arrival_s": 0.25, "input_tokens": 812, "output_tokens": 120,
+     "request_id": "a1", "hash_ids": [3, 4], "session_id": "s9"}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+from simulator.errors import InputError
+from simulator.registry import Registry
+from simulator.request import Request
+
+TraceReader = Callable[[Path], list[Request]]
+FORMATS: Registry[TraceReader] = Registry("trace format")
+EXTENSIONS: dict[str, str] = {".jsonl": "jsonl", ".json": "jsonl"}
+
+MAX_TOKENS = 10**9  # anything larger is a corrupt row, not a request
+
+
+def _int_field(row: dict, key: str, path: str, line: int) -> int:
+    if key not in row:
+        raise InputError("missing required field", file=path, line=line, field=key)
+    v = row[key]
+    if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, float) and v.is_integer() and math.isfinite(v):
+            v = int(v)
+        else:
+            raise InputError(f"must be an integer >= 1, got {v!r}", file=path, line=line, field=key)
+    if v < 1:
+        raise InputError(f"must be an integer >= 1, got {v!r}", file=path, line=line, field=key)
+    if v > MAX_TOKENS:
+        raise InputError(f"implausibly large token count {v}", file=path, line=line, field=key)
+    return v
+
+
+def _parse_chunk(chunk: list[tuple[int, str]], path: str) -> list[object]:
+    """Parse many lines in one json.loads call (4x faster than one call per line); on a
+    syntax error, parse line by line to name the bad line."""
+    try:
+        return json.loads("[" + ",".join(raw for _, raw in chunk) + "]")
+    except json.JSONDecodeError:
+        pass
+    rows = []
+    for line_no, raw in chunk:
+        try:
+            rows.append(json.loads(raw))
+        except json.JSONDecodeError as e:
+            raise InputError(f"malformed JSON ({e.msg} at column {e.colno})",
+                             file=path, line=line_no) from None
+    if len(rows) != len(chunk):  # pragma: no cover - a line that only parses joined
+        raise InputError("malformed JSON", file=path, line=chunk[0][0])
+    return rows
+
+
+@FORMATS.register("jsonl")
+def read_jsonl(path: Path) -> list[Request]:
+    p = str(path)
+    out: list[Request] = []
+    last = 0.0
+    chunk: list[tuple[int, str]] = []
+
+    def flush() -> None:
+        nonlocal last
+        for (line_no, _), row in zip(chunk, _parse_chunk(chunk, p), strict=True):
+            if not isinstance(row, dict):
+                raise InputError("each line must be a JSON object", file=p, line=line_no)
+            t = row.get("arrival_s")
+            if type(t) is not float and (type(t) is not int or isinstance(t, bool)):
+                if "arrival_s" not in row:
+                    raise InputError("missing required field", file=p, line=line_no,
+                                     field="arrival_s")
+                raise InputError(f"must be a number of seconds >= 0, got {t!r}",
+                                 file=p, line=line_no, field="arrival_s")
+            if not (0 <= t < math.inf):
+                raise InputError(f"must be a finite number of seconds >= 0, got {t!r}",
+                                 file=p, line=line_no, field="arrival_s")
+            if t < last:
+                raise InputError(f"arrivals must be sorted: {t} comes after {last}",
+                                 file=p, line=line_no, field="arrival_s")
+            last = t
+            inp = row.get("input_tokens")
+            if type(inp) is not int or not 1 <= inp <= MAX_TOKENS:
+                inp = _int_field(row, "input_tokens", p, line_no)
+            outp = row.get("output_tokens")
+            if type(outp) is not int or not 1 <= outp <= MAX_TOKENS:
+                outp = _int_field(row, "output_tokens", p, line_no)
+            hashes = row.get("hash_ids")
+            if hashes is not None and (
+                type(hashes) is not list or not all(type(h) is int for h in hashes)
+            ):
+                raise InputError("must be a list of integers", file=p, line=line_no,
+                                 field="hash_ids")
+            sess = row.get("session_id")
+            out.append(Request(str(row.get("request_id", line_no)), float(t), inp, outp,
+                               line_no, None if sess is None else str(sess), hashes))
+        chunk.clear()
+
+    with _open(path) as f:
+        for line_no, raw in enumerate(f, 1):
+            if raw.strip():
+                chunk.append((line_no, raw))
+                if len(chunk) >= 20_000:
+                    flush()
+        flush()
+    return out
+
+
+class _open:
+    """Open a trace and yield its lines as text, with errors that name the file and line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self):
+        p = self.path
+        if p.is_dir():
+            raise InputError("is a directory, not a trace file", file=str(p))
+        try:
+            self.f = open(p, "rb")  # noqa: SIM115 - closed in __exit__
+        except OSError as e:
+            raise InputError(f"cannot open trace: {e.strerror}", file=str(p)) from None
+        return self._lines()
+
+    def _lines(self):
+        # Bytes per line, decoded one by one, so a bad byte is reported on its own line.
+        for line_no, raw in enumerate(self.f, 1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"not UTF-8 text ({e.reason} at byte {e.start})",
+                                 file=str(self.path), line=line_no) from None
+
+    def __exit__(self, *exc: object) -> None:
+        self.f.close()
+
+
+def load_trace(path: str | Path, fmt: str | None = None) -> list[Request]:
+    """Read and validate a whole trace; raise InputError on the first bad line."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError("trace file not found", file=str(p))
+    if p.is_dir():
+        raise InputError("is a directory, not a trace file", file=str(p))
+    if fmt is None:
+        fmt = EXTENSIONS.get(p.suffix.lower())
+        if fmt is None:
+            raise InputError(
+                f"cannot tell the trace format from extension {p.suffix!r}; "
+                f"pass --trace-format ({', '.join(FORMATS.names())})", file=str(p))
+    reqs = FORMATS.get(fmt)(p)
+    if not reqs:
+        raise InputError("trace holds no requests", file=str(p))
+    return reqs
