@@ -45,9 +45,10 @@ class LogHistogram:
         self.weight = 0.0
         self.total = 0.0  # sum of value x weight, for the exact mean
         self._inv_lr = 1 / math.log(self.RATIO)
+        self._inv_lo = 1 / self.LO
 
     def _idx(self, v: float) -> float:
-        return math.log(max(v, self.LO) / self.LO) * self._inv_lr
+        return math.log(v * self._inv_lo) * self._inv_lr if v > self.LO else 0.0
 
     def add(self, value: float, weight: float = 1.0) -> None:
         i = int(self._idx(value))

@@ -137,12 +137,13 @@ class Replica:
         while True:
             used0 = s.kv.used
             run = rf.decode_run(len(s.decoding), s.ctx_sum)
-            cut = False
-            if inc and not s.waiting:
-                k = run.steps_done_by(inc[0].arrival - t, m) + 1
-                if k < m or (k == m and t + run.duration(m) > inc[0].arrival):
-                    m, cut = k, True
             dur = run.duration(m)
+            cut = False
+            if inc and not s.waiting and t + dur > inc[0].arrival:
+                # The next request arrives during the run: stop after the step in progress.
+                m = min(run.steps_done_by(inc[0].arrival - t, m) + 1, m)
+                dur = run.duration(m)
+                cut = True
             t += dur
             self._apply_run(run, m, dur, t, used0)
             if cut or not s.decoding or s.waiting:

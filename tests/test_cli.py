@@ -174,3 +174,17 @@ def test_gpus_and_models_lists():
     assert g.returncode == 0 and "h100-sxm" in g.stdout and "3g.40gb" in g.stdout
     m = simulate("models")
     assert m.returncode == 0 and "deepseek-v3" in m.stdout
+
+
+def test_requests_csv_quotes_ids_and_marks_rejections(tmp_path):
+    t = write_trace(tmp_path / "t.jsonl", [
+        {"arrival_s": 0, "input_tokens": 5, "output_tokens": 5, "request_id": 'a,"b"'},
+        {"arrival_s": 1, "input_tokens": 5000, "output_tokens": 5, "request_id": "long"},
+    ])
+    out = tmp_path / "o"
+    p = simulate("--trace", str(t), "--max-model-len", "4096", "--output-dir", str(out), "-q")
+    assert p.returncode == 0, p.stderr
+    rows = list(csv.DictReader((out / "requests.csv").read_text().splitlines()))
+    assert rows[0]["request_id"] == 'a,"b"' and rows[0]["rejected_reason"] == ""
+    assert float(rows[0]["tpot_s"]) > 0
+    assert rows[1]["first_token_s"] == "" and "max-model-len" in rows[1]["rejected_reason"]

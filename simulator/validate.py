@@ -1,0 +1,75 @@
+"""Compare the simulator with measured vLLM runs: replay each measured trace, report signed errors.
+
+A measured run is a folder written by :mod:`simulator.profiler.vllm_replay`: ``meta.json`` (GPU,
+model, engine args), ``requests.jsonl`` (arrival, first token, finish per request). The
+simulator replays the same requests on the same GPU with the same engine arguments; the error of
+a metric is ``(simulated - measured) / measured``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from simulator.config import EngineArgs, SimulationConfig
+from simulator.errors import InputError
+from simulator.metrics import distribution
+from simulator.request import Request
+from simulator.run import run_simulation
+
+# Driver-reported GPU names -> simulator profile names.
+GPU_NAMES = {"NVIDIA H100 80GB HBM3": "h100", "NVIDIA H200": "h200",
+             "NVIDIA H100 PCIe": "h100-pcie"}
+METRICS = ("ttft_s", "tpot_s", "e2e_s")
+PCTS = ("p50", "p90", "p99")
+
+
+def measured_metrics(rows: list[dict]) -> dict:
+    done = [r for r in rows if r["finish_s"] is not None]
+    ttft = [r["first_token_s"] - r["arrival_s"] for r in done]
+    e2e = [r["finish_s"] - r["arrival_s"] for r in done]
+    tpot = [(r["finish_s"] - r["first_token_s"]) / (r["output_tokens"] - 1)
+            for r in done if r["output_tokens"] > 1]
+    span = max(r["finish_s"] for r in done) - min(r["arrival_s"] for r in rows)
+    return {"ttft_s": distribution(ttft), "tpot_s": distribution(tpot),
+            "e2e_s": distribution(e2e), "request_throughput": len(done) / span,
+            "completed": len(done)}
+
+
+def load_run(run_dir: Path) -> tuple[SimulationConfig, list[Request], list[dict], dict]:
+    try:
+        meta = json.loads((run_dir / "meta.json").read_text())
+        rows = [json.loads(x) for x in (run_dir / "requests.jsonl").read_text().splitlines() if x]
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"not a measured run folder: {e}", file=str(run_dir)) from None
+    gpu = GPU_NAMES.get(meta["gpu"])
+    if gpu is None:
+        raise InputError(f"no GPU profile for {meta['gpu']!r}", file=str(run_dir / "meta.json"),
+                         field="gpu")
+    ea = meta["engine_args"]
+    engine = EngineArgs(
+        tensor_parallel_size=ea.get("tensor_parallel_size") or 1,
+        max_num_seqs=ea["max_num_seqs"], max_num_batched_tokens=ea["max_num_batched_tokens"],
+        max_model_len=ea["max_model_len"], gpu_memory_utilization=ea["gpu_memory_utilization"],
+        quantization=ea.get("quantization"), kv_cache_dtype=ea.get("kv_cache_dtype", "auto"),
+    )
+    cfg = SimulationConfig(gpu=f"{gpu}x{engine.tensor_parallel_size}", model=meta["model"],
+                           engine=engine)
+    reqs = [Request(str(r["request_id"]), r["arrival_s"], r["input_tokens"], r["output_tokens"])
+            for r in rows]
+    return cfg, reqs, rows, meta
+
+
+def validate_run(run_dir: Path, calibration: str | None = None) -> dict:
+    """Simulate one measured run; return measured, simulated and signed errors."""
+    cfg, reqs, rows, meta = load_run(run_dir)
+    if calibration is not None:
+        cfg = cfg.model_copy(update={"calibration": calibration})
+    sim = run_simulation(cfg, reqs).summary
+    meas = measured_metrics(rows)
+    err = {f"{m}.{p}": sim[m][p] / meas[m][p] - 1 for m in METRICS for p in PCTS}
+    err["request_throughput"] = sim["request_throughput"] / meas["request_throughput"] - 1
+    return {"run": f"{run_dir.parent.name}/{run_dir.name}", "measured": meas,
+            "simulated": {k: sim[k] for k in (*METRICS, "request_throughput")},
+            "error": err, "kv_blocks": {"measured": meta["num_gpu_blocks"],
+                                        "simulated": sim["config"]["kv_cache_blocks_per_replica"]}}
