@@ -23,7 +23,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from simulator.config import EngineArgs, SimulationConfig, validated
 from simulator.errors import InputError
-from simulator.report_table import explain_table, gpu_table, model_table, summary_table
+from simulator.report_table import (
+    explain_table,
+    gpu_table,
+    model_table,
+    summary_table,
+    validation_table,
+)
 from simulator.route import ROUTERS
 from simulator.trace import FORMATS, load_trace
 
@@ -180,6 +186,28 @@ def explain(
         }, indent=2))
         return
     out.print(explain_table(dep, rows, n_dec, ctx, chunks))
+
+
+@app.command()
+def validate(
+    runs: Annotated[list[Path] | None, typer.Argument(help="measured run folders, or folders "
+                                                        "holding them")] = None,
+    write: Annotated[Path | None, typer.Option(help="write the error table (CSV) here")] = None,
+    calibration: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Replay measured vLLM runs through the simulator and print the signed % errors."""
+    from simulator.paths import profiles_dir
+    from simulator.validate import find_runs, validate_run, write_table
+
+    try:
+        dirs = find_runs(runs or [profiles_dir() / "calibration" / "measurements"])
+        results = [validate_run(d, calibration) for d in dirs]
+        if write:
+            write_table(results, write)
+    except InputError as e:
+        _fail(e)
+        return
+    out.print(validation_table(results))
 
 
 @app.command()

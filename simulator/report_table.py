@@ -110,3 +110,20 @@ def model_table() -> Table:
                   f"{m.num_heads}/{m.num_kv_heads}",
                   f"{moe.num_experts} top-{moe.top_k}" if moe else "-")
     return t
+
+
+def validation_table(results: list[dict]) -> Table:
+    t = Table(title="simulated vs measured vLLM: signed error (simulated / measured - 1)",
+              title_justify="left")
+    t.add_column("run")
+    cols = [("ttft_s", p) for p in ("p50", "p90", "p99")] + [("tpot_s", p) for p in
+                                                             ("p50", "p90", "p99")]
+    cols += [("e2e_s", "p50"), ("e2e_s", "p99")]
+    for m, p in cols:
+        t.add_column(f"{m[:-2].upper()} {p}", justify="right")
+    t.add_column("req/s", justify="right")
+    for r in results:
+        e = r["error"]
+        t.add_row(r["run"], *(f"{e[f'{m}.{p}']:+.1%}" for m, p in cols),
+                  f"{e['request_throughput']:+.1%}")
+    return t

@@ -73,3 +73,37 @@ def validate_run(run_dir: Path, calibration: str | None = None) -> dict:
             "simulated": {k: sim[k] for k in (*METRICS, "request_throughput")},
             "error": err, "kv_blocks": {"measured": meta["num_gpu_blocks"],
                                         "simulated": sim["config"]["kv_cache_blocks_per_replica"]}}
+
+
+COLUMNS = ("run", *(f"{m}.{p}" for m in METRICS for p in PCTS), "request_throughput")
+
+
+def find_runs(roots: list[Path]) -> list[Path]:
+    """Every measured-run folder (one holding meta.json) under the given paths."""
+    runs: list[Path] = []
+    for root in roots:
+        if (root / "meta.json").is_file():
+            runs.append(root)
+        elif root.is_dir():
+            runs += sorted(p.parent for p in root.rglob("meta.json"))
+        else:
+            raise InputError("no such measured run or folder", file=str(root))
+    if not runs:
+        raise InputError("no measured runs (folders with meta.json) found",
+                         file=", ".join(map(str, roots)))
+    return runs
+
+
+def write_table(results: list[dict], path: Path) -> None:
+    """The error table, signed fractions, one row per run (committed next to the data)."""
+    lines = [",".join(COLUMNS)]
+    for r in results:
+        lines.append(",".join([r["run"], *(f"{r['error'][c]:+.4f}" for c in COLUMNS[1:])]))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def read_table(path: Path) -> dict[str, dict[str, float]]:
+    rows = path.read_text().splitlines()
+    head = rows[0].split(",")
+    return {cells[0]: dict(zip(head[1:], map(float, cells[1:]), strict=True))
+            for cells in (r.split(",") for r in rows[1:] if r)}
