@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from simulator.config import SimulationConfig
-from simulator.cost.calibration import CalibrationProfile, select_profile
+from simulator.cost.calibration import CalibrationProfile, error_band, select_profile
 from simulator.cost.roofline import Precision, Roofline
 from simulator.errors import InputError
 from simulator.gpu import GIB, GPUSpec, parse_deployment
@@ -40,6 +40,7 @@ class Deployment:
     activation_reserve_bytes: float
     gpu_cost_per_hour: float
     router: str
+    error_band: float
     provenance: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -77,7 +78,7 @@ class Deployment:
                 "name": c.name,
                 "path": c.path,
                 "calibrated": c.calibrated,
-                "error_band": c.error_band,
+                "error_band": self.error_band,
                 "efficiency": c.efficiency.model_dump(),
                 "overhead": c.overhead.model_dump(),
                 "memory": c.memory.model_dump(),
@@ -200,9 +201,10 @@ def resolve(cfg: SimulationConfig) -> Deployment:
         "--gpu-cost" if cfg.gpu_cost_per_hour is not None
         else gpu.sources.get("cost_per_gpu_hour_usd", "derived from parent GPU price")
     )
+    band = error_band(cal, prec.gemm_dtype == "fp8" or prec.weight_bytes < 2, model.is_moe)
     prov["calibration"] = prov.get("calibration", (
         f"measured profile {cal.path}" if cal.calibrated
-        else f"uncalibrated: datasheet defaults ({cal.path}), +-{cal.error_band:.0%} error band"
+        else f"uncalibrated: datasheet defaults ({cal.path}), +-{band:.0%} error band"
     ))
     return Deployment(
         gpu=gpu, num_gpus=count, model=model, tp=tp, replicas=count // tp, precision=prec,
@@ -211,5 +213,5 @@ def resolve(cfg: SimulationConfig) -> Deployment:
         gpu_memory_utilization=e.gpu_memory_utilization, num_kv_blocks=blocks,
         kv_bytes_per_token=kv_token, weight_bytes_per_gpu=rf.weight_bytes_per_gpu(),
         activation_reserve_bytes=act, gpu_cost_per_hour=cost, router=cfg.router,
-        provenance=prov,
+        error_band=band, provenance=prov,
     )

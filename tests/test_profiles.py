@@ -104,3 +104,9 @@ def test_kv_bucket_accounting_matches_per_sequence_walk():
         need = [sum(blocks_for(c + k, bs) - blocks_for(c, bs) for c in ctxs)
                 for k in (fit, fit + 1)]
         assert need[0] <= kv.free < need[1]
+
+
+def test_uncalibrated_error_band_widens_for_fp8_and_moe():
+    assert resolve(SimulationConfig(gpu="h100")).error_band == 0.30
+    assert resolve(SimulationConfig(gpu="h100", engine={"quantization": "fp8"})).error_band == 0.75
+    assert resolve(SimulationConfig(gpu="h100", model="qwen3-30b-a3b")).error_band == 0.90

@@ -45,6 +45,8 @@ class CalibrationProfile(BaseModel):
     name: str
     calibrated: bool
     error_band: float = Field(ge=0)
+    error_band_fp8: float | None = Field(default=None, ge=0)
+    error_band_moe: float | None = Field(default=None, ge=0)
     efficiency: Efficiency
     overhead: Overhead
     memory: MemoryModel
@@ -79,3 +81,13 @@ def select_profile(gpu_name: str, explicit: str | None) -> CalibrationProfile:
         if measured:
             return load_profile(measured[0])
     return load_profile(root / "defaults.toml")
+
+
+def error_band(cal: CalibrationProfile, fp8: bool, moe: bool) -> float:
+    """The stated uncertainty for this precision and model class (widest that applies)."""
+    bands = [cal.error_band]
+    if fp8 and cal.error_band_fp8 is not None:
+        bands.append(cal.error_band_fp8)
+    if moe and cal.error_band_moe is not None:
+        bands.append(cal.error_band_moe)
+    return max(bands)
