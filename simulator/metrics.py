@@ -109,3 +109,15 @@ class ReplicaStats:
         self.kv_integral = 0.0  # sum of utilisation x seconds (trapezoid over each event)
         self.kv_peak_blocks = 0
         self.samples: list[tuple[float, int, int, float]] = []  # (t, queued, running, kv util)
+
+    def add(self, dt: float, steps: int, seq_steps: int, flops: float, hbm_bytes: float,
+            used_before: int, used_after: int, peak: int, total: int) -> None:
+        """Account one event: ``steps`` engine steps over ``dt`` seconds."""
+        self.steps += steps
+        self.seq_steps += seq_steps
+        self.flops += flops
+        self.hbm_bytes += hbm_bytes
+        self.busy_s += dt
+        self.kv_integral += dt * (used_before + used_after) / 2 / total
+        if peak > self.kv_peak_blocks:
+            self.kv_peak_blocks = peak

@@ -153,36 +153,16 @@ class Replica:
                 return t - now
 
     def _apply_run(self, run, m: int, dur: float, end: float, used0: int) -> None:
-        batch = run.batch
-        a = run.a
-        if a is not None:  # inline step_time(0), step_time(m-1) of the usual one-line case
-            first = run.k_time + run.L * a
-            self.itl.add_range(first, first + run.L * run.b * (m - 1), batch * m, dur / m)
-        else:
-            self.itl.add_range(run.step_time(0), run.step_time(m - 1), batch * m, dur / m)
+        self.itl.add_range(run.step_time(0), run.step_time(m - 1), run.batch * m, dur / m)
         s = self.sched
         peak = s.advance_decode(m, end, self.done.append)
-        st, kv = self.stats, s.kv
-        st.steps += m
-        st.seq_steps += batch * m
-        tri = m * (m - 1) / 2
-        st.flops += m * run.k_flops + run.L * (run.f0 * m + run.f1 * tri)
-        st.hbm_bytes += m * run.k_bytes + run.L * (run.by0 * m + run.by1 * tri)
-        st.busy_s += dur
-        st.kv_integral += dur * (used0 + kv.used) / 2 / kv.total
-        if peak > st.kv_peak_blocks:
-            st.kv_peak_blocks = peak
+        self.stats.add(dur, m, run.batch * m, run.flops(m), run.hbm_bytes(m), used0, s.kv.used,
+                       peak, s.kv.total)
 
     def _finish_general(self, step, cost, n_prefills: int, used0: int, peak: int) -> None:
-        s, st, kv = self.sched, self.stats, self.sched.kv
+        s = self.sched
         if step.n_decode:
             self.itl.add(cost.time_s, step.n_decode)
         s.finish_step(step, self.env.now, self._on_token, self.done.append)
-        st.steps += 1
-        st.seq_steps += step.n_decode + n_prefills
-        st.flops += cost.flops
-        st.hbm_bytes += cost.hbm_bytes
-        st.busy_s += cost.time_s
-        st.kv_integral += cost.time_s * (used0 + kv.used) / 2 / kv.total
-        if peak > st.kv_peak_blocks:
-            st.kv_peak_blocks = peak
+        self.stats.add(cost.time_s, 1, step.n_decode + n_prefills, cost.flops, cost.hbm_bytes,
+                       used0, s.kv.used, peak, s.kv.total)

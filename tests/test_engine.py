@@ -29,6 +29,8 @@ def test_single_request_ttft_and_tpot_equal_the_roofline(unit_cal):
     s = res.summary
     assert s["ttft_s"]["p50"] == pytest.approx(r.ttft)
     assert s["engine_steps"] == 40
+    assert s["busy_fraction"] == pytest.approx(1.0)  # the engine stepped from arrival to finish
+    assert s["mean_batch_size"] == 1.0
     assert s["itl_s"]["mean"] == pytest.approx(sum(decode) / 39)
 
 

@@ -260,9 +260,10 @@ class DecodeRun:
         self.k_time, self.k_flops, self.k_bytes = k
         self.L = rf.layers
         c = ctx0 + batch
-        self.f0, self.f1 = rf.pair_flops_decode * c, rf.pair_flops_decode * batch
-        self.by0 = c * rf.kv_bytes_token_layer + batch * rf.attn_qo_bytes
-        self.by1 = batch * rf.kv_bytes_token_layer
+        pf, kvb = rf.pair_flops_decode, rf.kv_bytes_token_layer
+        self.f0, self.f1 = pf * c, pf * batch
+        self.by0 = c * kvb + batch * rf.attn_qo_bytes
+        self.by1 = batch * kvb
         self.a1, self.b1 = self.f0 / rf.rc_attn_d, self.f1 / rf.rc_attn_d
         self.a2, self.b2 = self.by0 / rf.rm_attn_d, self.by1 / rf.rm_attn_d
         # One line dominates for every step (the usual case: decode attention is memory-bound).
