@@ -13,6 +13,10 @@ has passed, between steps, as a server's engine loop would see them; weights are
 (``load_format="dummy"``) and prompts are random token ids, which costs what real weights and
 text cost for dense and MoE models alike.
 
+vLLM 0.25 schedules asynchronously by default: ``step()`` number k schedules batch k, launches
+it, and returns the outputs of batch k-1, so the GPU time of batch k shows up as the duration of
+step k+1 (``meta.json`` records ``async_scheduling``). Request timestamps are unaffected.
+
 Writes, per trace, ``DIR/<trace stem>/``: ``requests.jsonl`` (arrival, first token, finish,
 tokens), ``steps.jsonl`` (start, end, decode count and context sum, prefill chunks) and
 ``meta.json`` (GPU as the driver names it, vLLM and torch versions, engine args, KV blocks).
@@ -164,6 +168,9 @@ def main() -> None:
             "engine_args": {k: v for k, v in kw.items() if k != "model"},
             "num_gpu_blocks": cfg.cache_config.num_gpu_blocks,
             "block_size": cfg.cache_config.block_size, "startup_s": startup,
+            # With async scheduling, step() k schedules batch k and returns batch k-1's
+            # results: batch k's execution time is step k+1's duration (see README).
+            "async_scheduling": getattr(cfg.scheduler_config, "async_scheduling", None),
             "replay_wall_s": wall, "command": " ".join(sys.argv),
         }
         (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
