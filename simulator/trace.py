@@ -151,11 +151,18 @@ def load_trace(path: str | Path, fmt: str | None = None) -> list[Request]:
         raise InputError("is a directory, not a trace file", file=str(p))
     if fmt is None:
         fmt = EXTENSIONS.get(p.suffix.lower())
+        if fmt == "jsonl":
+            from simulator.trace_import import sniff_jsonl
+
+            fmt = sniff_jsonl(p)
         if fmt is None:
             raise InputError(
                 f"cannot tell the trace format from extension {p.suffix!r}; "
                 f"pass --trace-format ({', '.join(FORMATS.names())})", file=str(p))
-    reqs = FORMATS.get(fmt)(p)
+    reqs = FORMATS.get(fmt)(p)  # registered formats include simulator.trace_import's
     if not reqs:
         raise InputError("trace holds no requests", file=str(p))
     return reqs
+
+
+from simulator import trace_import  # noqa: E402,F401 - registers the public trace formats
