@@ -104,18 +104,18 @@ def main_command(
         ROUTERS.get(router)
         from simulator.deployment import resolve
 
-        resolve(cfg)  # fail on config errors before reading a large trace
+        dep = resolve(cfg)  # fail on config errors before reading a large trace
         requests = load_trace(trace, trace_format)
         t0 = time.perf_counter()
         if quiet:
-            result = run_simulation(cfg, requests)
+            result = run_simulation(cfg, requests, deployment=dep)
         else:
             with Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.completed:,}"
                           "/{task.total:,} requests"), TimeElapsedColumn(), TimeRemainingColumn(),
                           console=err, transient=True) as bar:
                 task = bar.add_task("sim", total=len(requests))
                 result = run_simulation(cfg, requests,
-                                        lambda i, n: bar.update(task, completed=i))
+                                        lambda i, n: bar.update(task, completed=i), dep)
         wall = time.perf_counter() - t0
         out_dir = output_dir or Path("runs") / f"{trace.stem}-{gpu}"
         written = write_outputs(result, out_dir)

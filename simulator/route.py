@@ -19,7 +19,8 @@ class Routable(Protocol):
 class Router(Protocol):
     def __init__(self, replicas: Sequence[Routable]) -> None: ...
 
-    def assign(self, requests: Sequence[Request]) -> list[int] | None:
+    @classmethod
+    def assign(cls, requests: Sequence[Request], n_replicas: int) -> list[int] | None:
         """Replica of every request up front, for routers that ignore load; else None."""
 
     def pick(self, req: Request) -> int:
@@ -37,8 +38,9 @@ class RoundRobin:
         self.n = len(replicas)
         self.i = -1
 
-    def assign(self, requests: Sequence[Request]) -> list[int]:
-        return [i % self.n for i in range(len(requests))]
+    @classmethod
+    def assign(cls, requests: Sequence[Request], n_replicas: int) -> list[int]:
+        return [i % n_replicas for i in range(len(requests))]
 
     def pick(self, req: Request) -> int:
         self.i = (self.i + 1) % self.n
@@ -52,7 +54,8 @@ class LeastLoaded:
     def __init__(self, replicas: Sequence[Routable]) -> None:
         self.replicas = replicas
 
-    def assign(self, requests: Sequence[Request]) -> None:
+    @classmethod
+    def assign(cls, requests: Sequence[Request], n_replicas: int) -> None:
         return None
 
     def pick(self, req: Request) -> int:

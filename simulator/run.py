@@ -57,9 +57,11 @@ def _ticker(env: simpy.Environment, total: int, span: float, progress: Progress)
 
 
 def run_simulation(cfg: SimulationConfig, requests: list[Request],
-                   progress: Progress | None = None) -> SimulationResult:
-    """Replay ``requests`` (sorted by arrival) through the deployment ``cfg`` describes."""
-    dep = resolve(cfg)
+                   progress: Progress | None = None,
+                   deployment: Deployment | None = None) -> SimulationResult:
+    """Replay ``requests`` (sorted by arrival) through the deployment ``cfg`` describes
+    (``deployment``, when given, is ``resolve(cfg)`` already done)."""
+    dep = deployment or resolve(cfg)
     env = simpy.Environment()
     itl = LogHistogram()
     done: list[Request] = []
@@ -67,8 +69,8 @@ def run_simulation(cfg: SimulationConfig, requests: list[Request],
     accepted = [r for r in requests if r.rejected is None] if rejected else requests
     span = max(requests[-1].arrival, 1.0)
     sample_every = span / cfg.timeseries_points
-    router = ROUTERS.get(cfg.router)([_Placeholder()] * dep.replicas)
-    plan = router.assign(accepted)
+    router_cls = ROUTERS.get(cfg.router)
+    plan = router_cls.assign(accepted, dep.replicas)
     per_replica: list[list[Request]] | None = None
     if plan is not None:
         per_replica = [[] for _ in range(dep.replicas)]
@@ -81,7 +83,7 @@ def run_simulation(cfg: SimulationConfig, requests: list[Request],
         for i in range(dep.replicas)
     ]
     if plan is None:
-        router = ROUTERS.get(cfg.router)(replicas)
+        router = router_cls(replicas)
         env.process(_arrivals(env, accepted, replicas, router, progress))
     elif progress:
         env.process(_ticker(env, len(requests), span, progress))
@@ -95,13 +97,6 @@ def run_simulation(cfg: SimulationConfig, requests: list[Request],
     series = [(t, rep.index, q, run, kv) for rep in replicas for (t, q, run, kv) in rep.stats.samples]
     series.sort()
     return SimulationResult(dep, requests, summary, series)
-
-
-class _Placeholder:
-    """Stands in for replicas while a router decides whether it can assign up front."""
-
-    def load(self) -> int:
-        return 0
 
 
 def summarize(cfg: SimulationConfig, dep: Deployment, requests: list[Request],
