@@ -162,7 +162,8 @@ def resolve(cfg: SimulationConfig) -> Deployment:
                 raise InputError(
                     f"{model.name} ({model.total_params() / 1e9:.1f}B params, "
                     f"{rf.weight_bytes_per_gpu() * tp / GIB:.1f} GiB of weights) does not fit on "
-                    f"{count} x {gpu.display_name}; add GPUs or use --quantization fp8",
+                    f"{count} x {gpu.display_name}; add GPUs"
+                    + (" or use --quantization fp8" if prec.weight_bytes > 1 else ""),
                     field="gpu",
                 )
             tp *= 2
