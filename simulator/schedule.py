@@ -17,19 +17,20 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from dataclasses import dataclass, field
 
 from simulator.kv_cache import KVCache, blocks_for
 from simulator.request import DECODE, DONE, PREFILL, QUEUED, Request
 
 
-@dataclass
 class Step:
     """A general engine step: the decoding batch plus prefill chunks ``(request, tokens)``."""
 
-    n_decode: int
-    decode_ctx: int
-    chunks: list[tuple[Request, int]] = field(default_factory=list)
+    __slots__ = ("n_decode", "decode_ctx", "chunks")
+
+    def __init__(self, n_decode: int, decode_ctx: int) -> None:
+        self.n_decode = n_decode
+        self.decode_ctx = decode_ctx
+        self.chunks: list[tuple[Request, int]] = []
 
 
 class Scheduler:
