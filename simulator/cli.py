@@ -122,6 +122,8 @@ def main_command(
     except InputError as e:
         _fail(e)
         return
+    for w in result.summary["warnings"]:
+        err.print(f"warning: {w}", markup=False, highlight=False, soft_wrap=True)
     if not quiet:
         out.print(summary_table(result.summary))
         err.print(f"simulated {len(requests):,} requests in {wall:.2f} s; wrote "
@@ -208,6 +210,38 @@ def validate(
         _fail(e)
         return
     out.print(validation_table(results))
+
+
+@app.command()
+def calibrate(
+    runs: Annotated[list[Path], typer.Argument(help="measured run folders (with steps.jsonl "
+                                                    "device times), or folders holding them")],
+    hold_out: Annotated[list[str] | None, typer.Option(help="leave runs whose path contains "
+                                                            "this out of the fit (repeatable)")]
+    = None,
+    output: Annotated[Path | None, typer.Option(help="default: profiles/calibration/<gpu>/"
+                                                     "vllm-<version>.toml")] = None,
+    error_band: Annotated[float, typer.Option(help="stated uncertainty to record")] = 0.2,
+) -> None:
+    """Fit efficiency factors and step overheads to measured vLLM steps; write a profile."""
+    from simulator.calibrate import default_output, fit, write_profile
+    from simulator.cost.calibration import load_profile
+    from simulator.paths import profiles_dir
+    from simulator.validate import find_runs
+
+    try:
+        dirs = [d for d in find_runs(runs) if not any(h in str(d) for h in hold_out or [])]
+        if not dirs:
+            raise InputError("every run is held out; nothing to fit", field="hold-out")
+        result = fit(dirs, load_profile(profiles_dir() / "calibration" / "defaults.toml"))
+        path = output or default_output(result["gpu"], result["meta"]["vllm"])
+        write_profile(result, path, "simulate calibrate " + " ".join(sys.argv[2:]), error_band)
+    except InputError as e:
+        _fail(e)
+        return
+    for k, v in result["params"].items():
+        out.print(f"{k:22s} {v:.4g}")
+    out.print(f"fitted on {len(dirs)} runs; wrote {path}")
 
 
 @app.command()

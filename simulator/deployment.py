@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from simulator.config import SimulationConfig
-from simulator.cost.calibration import CalibrationProfile, error_band, select_profile
+from simulator.cost.calibration import CalibrationProfile, error_band, measured_gpus, select_profile
 from simulator.cost.roofline import Precision, Roofline
 from simulator.errors import InputError
-from simulator.gpu import GIB, GPUSpec, parse_deployment
+from simulator.gpu import GIB, GPUSpec, get_gpu, parse_deployment
 from simulator.model import ModelSpec, load_model
 
 VLLM_DEFAULTS_SRC = "vLLM EngineArgs.get_batch_defaults (OpenAI server usage context)"
@@ -42,6 +42,7 @@ class Deployment:
     router: str
     error_band: float
     provenance: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def kv_capacity_tokens(self) -> int:
@@ -115,15 +116,46 @@ def _activation_reserve(model: ModelSpec, tp: int, tokens: int, seqs: int, ab: f
     return tokens * (2 * model.hidden + widest) * ab + seqs * model.vocab * 8
 
 
+def calibration_range_warnings(cal: CalibrationProfile, model: str, prec: Precision, tp: int,
+                               max_len: int) -> list[str]:
+    """Where this run leaves what the profile was fitted on (its [provenance]): a model or
+    precision, a tensor-parallel size, or context lengths it never saw."""
+    prov = (cal.model_extra or {}).get("provenance")
+    if not prov:
+        return []
+    out = []
+    key = model + (" fp8" if prec.gemm_dtype == "fp8" else "")
+    if key not in prov.get("models", []):
+        out.append(f"{key} is outside the calibration's models ({', '.join(prov['models'])}): "
+                   "its step costs are extrapolated from theirs")
+    if tp > prov.get("max_tensor_parallel_size", 1):
+        out.append(f"tensor-parallel size {tp} was not measured (calibration is TP1): "
+                   "all-reduce costs are datasheet-based")
+    if max_len > prov.get("max_model_len", max_len):
+        out.append(f"max-model-len {max_len} exceeds the calibration's {prov['max_model_len']}: "
+                   "long-context attention is extrapolated")
+    return out
+
+
+def _nearest_measured(gpu: GPUSpec) -> tuple[str, ...]:
+    """Measured GPUs to borrow a profile from: a MIG slice's parent, then GPUs of the same
+    architecture, then the rest (Hopper first, the most measured)."""
+    measured = measured_gpus()
+    arch = {n: get_gpu(n).architecture for n in measured}
+    order = sorted(measured, key=lambda n: (arch[n] != gpu.architecture, arch[n] != "hopper", n))
+    return tuple(([gpu.mig_parent] if gpu.mig_parent else []) + order)
+
+
 def resolve(cfg: SimulationConfig) -> Deployment:
     gpu, count = parse_deployment(cfg.gpu)
     model = load_model(cfg.model)
     e = cfg.engine
     prov: dict[str, str] = {"gpu": "profiles/hardware (datasheet figures, see sources)"}
     prec = _precision(cfg, model, gpu, prov)
-    cal = select_profile(gpu.mig_parent or gpu.name, cfg.calibration)
-    if gpu.mig_parent and cal.calibrated:
-        prov["calibration"] = f"transferred from {gpu.mig_parent}: uncalibrated for the slice"
+    cal = select_profile(gpu.name, cfg.calibration, _nearest_measured(gpu))
+    if cal.name.startswith("transferred"):
+        prov["calibration"] = (f"{cal.name}: efficiencies and overheads carried over from the "
+                               "nearest measured GPU; uncalibrated for this one")
     big = gpu.usable_memory_gib >= 70 and "a100" not in gpu.name
     seqs = e.max_num_seqs or (1024 if big else 256)
     tokens = e.max_num_batched_tokens or (8192 if big else 2048)
@@ -207,8 +239,9 @@ def resolve(cfg: SimulationConfig) -> Deployment:
         f"measured profile {cal.path}" if cal.calibrated
         else f"uncalibrated: datasheet defaults ({cal.path}), +-{band:.0%} error band"
     ))
+    warnings = calibration_range_warnings(cal, model.name, prec, tp, max_len)
     return Deployment(
-        gpu=gpu, num_gpus=count, model=model, tp=tp, replicas=count // tp, precision=prec,
+        warnings=warnings, gpu=gpu, num_gpus=count, model=model, tp=tp, replicas=count // tp, precision=prec,
         calibration=cal, roofline=rf, max_num_seqs=seqs, max_num_batched_tokens=tokens,
         max_model_len=max_len, block_size=e.block_size,
         gpu_memory_utilization=e.gpu_memory_utilization, num_kv_blocks=blocks,

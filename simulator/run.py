@@ -159,7 +159,8 @@ def summarize(cfg: SimulationConfig, dep: Deployment, requests: list[Request],
         "cost_per_hour_usd": dep.num_gpus * dep.gpu_cost_per_hour,
         "cost_per_million_output_tokens": cost / out_tok * 1e6 if out_tok else None,
         "calibrated": dep.calibration.calibrated,
-        "error_band": None if dep.calibration.calibrated else dep.error_band,
+        "error_band": dep.error_band,  # calibrated profiles state theirs too (validation.csv)
+        "warnings": dep.warnings,
         "config": {**dep.describe(), "engine_args": cfg.engine.model_dump(),
                    "slo": slos},
     }

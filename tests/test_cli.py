@@ -30,7 +30,8 @@ def test_main_job_on_shipped_sample(tmp_path):
     p = simulate("--trace", str(SAMPLE), "--gpu", "h100x2", "--slo-ttft", "0.5",
                  "--slo-tpot", "0.05", "--output-dir", str(out))
     assert p.returncode == 0, p.stderr
-    assert "TTFT" in p.stdout and "UNCALIBRATED" in p.stdout
+    # The H100 profile fitted by `simulate calibrate` is picked up automatically.
+    assert "TTFT" in p.stdout and "calibrated: h100-sxm-vllm-0.25.1" in p.stdout
     s = json.loads((out / "summary.json").read_text())
     assert set(s) >= SUMMARY_KEYS
     for k in ("ttft_s", "tpot_s", "itl_s", "e2e_s"):
@@ -46,7 +47,7 @@ def test_main_job_on_shipped_sample(tmp_path):
     assert s["ttft_s"]["p50"] == pytest.approx(ttft[len(ttft) // 2], rel=1e-3)
     c = s["config"]
     assert (c["num_gpus"], c["tensor_parallel_size"], c["data_parallel_replicas"]) == (2, 1, 2)
-    assert c["calibration"]["calibrated"] is False and s["error_band"] == 0.3
+    assert c["calibration"]["calibrated"] is True and s["error_band"] == 0.6
     assert "max_num_seqs" in c["provenance"] and c["max_num_seqs"] == 1024
     assert s["gpu_hours"] == pytest.approx(2 * s["duration_s"] / 3600)
     assert s["cost_usd"] == pytest.approx(s["gpu_hours"] * 2.99)

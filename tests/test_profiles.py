@@ -107,6 +107,35 @@ def test_kv_bucket_accounting_matches_per_sequence_walk():
 
 
 def test_uncalibrated_error_band_widens_for_fp8_and_moe():
-    assert resolve(SimulationConfig(gpu="h100")).error_band == 0.30
-    assert resolve(SimulationConfig(gpu="h100", engine={"quantization": "fp8"})).error_band == 0.75
-    assert resolve(SimulationConfig(gpu="h100", model="qwen3-30b-a3b")).error_band == 0.90
+    # L40S has no measured profile: the H100's fitted factors, uncalibrated, with the wider of the
+    # H100's measured band and the defaults' band for the model class.
+    d = resolve(SimulationConfig(gpu="l40s"))
+    assert not d.calibration.calibrated and d.calibration.name == "transferred from h100-sxm-vllm-0.25.1"
+    assert d.error_band == 0.60
+    assert resolve(SimulationConfig(gpu="l40s", engine={"quantization": "fp8"})).error_band == 0.75
+    assert resolve(SimulationConfig(gpu="l40sx2", model="qwen3-30b-a3b")).error_band == 0.90
+    # A MIG slice borrows its parent's profile; an H200 slice the H200's.
+    mig = resolve(SimulationConfig(gpu="h200-3g.71gb")).calibration
+    assert mig.name == "transferred from h200-vllm-0.25.1" and not mig.calibrated
+    assert resolve(SimulationConfig(gpu="h100", calibration="none")).error_band == 0.30
+    assert resolve(SimulationConfig(gpu="h100", model="qwen3-30b-a3b",
+                                    calibration="none")).error_band == 0.90
+
+
+def test_measured_gpus_pick_their_fitted_profile():
+    for gpu in ("h100", "h200"):
+        d = resolve(SimulationConfig(gpu=gpu))
+        assert d.calibration.calibrated and d.calibration.name.endswith("vllm-0.25.1")
+        assert d.error_band == 0.6
+    assert not resolve(SimulationConfig(gpu="a100-80gb")).calibration.calibrated
+
+
+def test_warns_when_leaving_the_calibrated_range():
+    inside = resolve(SimulationConfig(gpu="h100", engine={"max_model_len": 8192}))
+    assert inside.warnings == []
+    w = resolve(SimulationConfig(gpu="h100x2", model="llama-3.1-70b", engine={
+        "tensor_parallel_size": 2, "quantization": "fp8", "max_model_len": 32768})).warnings
+    assert len(w) == 3
+    assert "llama-3.1-70b fp8 is outside" in w[0] and "tensor-parallel size 2" in w[1]
+    assert "max-model-len 32768 exceeds the calibration's 16384" in w[2]
+    assert resolve(SimulationConfig(gpu="h100", calibration="none")).warnings == []

@@ -26,6 +26,11 @@ class Efficiency(BaseModel):
     attn_decode_memory: float = Field(gt=0, le=1)
     elementwise_memory: float = Field(gt=0, le=1)
     comm_bus: float = Field(gt=0, le=1)
+    # Fitted only where measured: FP8 W8A8 GEMMs (per-token activation quantisation and scaled
+    # GEMM kernels reach a lower share of their datasheet rate than bf16), and MoE expert GEMMs
+    # (grouped GEMM, routing, permutation) relative to dense ones. None: same as gemm_compute / 1.
+    gemm_compute_fp8: float | None = Field(default=None, gt=0, le=1)
+    moe_gemm: float | None = Field(default=None, gt=0, le=1)
 
 
 class Overhead(BaseModel):
@@ -33,6 +38,9 @@ class Overhead(BaseModel):
     step_s: float = Field(ge=0)
     per_seq_s: float = Field(ge=0)
     comm_latency_s: float = Field(ge=0)
+    # Extra cost of a step that holds any prefill: vLLM runs such mixed batches with piecewise
+    # CUDA graphs (attention launched eagerly, layer by layer) instead of one full graph.
+    prefill_step_s: float = Field(default=0.0, ge=0)
 
 
 class MemoryModel(BaseModel):
@@ -68,19 +76,46 @@ def load_profile(path: Path) -> CalibrationProfile:
         ) from None
 
 
-def select_profile(gpu_name: str, explicit: str | None) -> CalibrationProfile:
-    """The profile for a GPU: explicit path, else measured on that GPU, else the defaults."""
+def measured_gpus() -> list[str]:
+    """GPUs with a fitted profile (``profiles/calibration/<gpu>/*.toml``)."""
+    root = profiles_dir() / "calibration"
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and any(d.glob("*.toml")))
+
+
+def _measured(root: Path, gpu_name: str) -> CalibrationProfile | None:
+    found = sorted((root / gpu_name).glob("*.toml"), reverse=True)
+    return load_profile(found[0]) if found else None
+
+
+def select_profile(gpu_name: str, explicit: str | None,
+                   transfer_from: tuple[str, ...] = ()) -> CalibrationProfile:
+    """The profile for a GPU: an explicit path; else the one measured on that GPU; else the
+    first measured one among ``transfer_from`` (nearest GPUs first), its efficiencies and
+    overheads carried over but marked uncalibrated, with the defaults' wider error bands; else
+    the datasheet defaults."""
     root = profiles_dir() / "calibration"
     if explicit and explicit != "none":
         p = Path(explicit)
         if not p.is_file():
             raise InputError("calibration profile not found", file=explicit, field="calibration")
         return load_profile(p)
-    if explicit != "none":
-        measured = sorted((root / gpu_name).glob("*.toml"), reverse=True)
-        if measured:
-            return load_profile(measured[0])
-    return load_profile(root / "defaults.toml")
+    defaults = load_profile(root / "defaults.toml")
+    if explicit == "none":
+        return defaults
+    own = _measured(root, gpu_name)
+    if own is not None:
+        return own
+    for other in transfer_from:
+        src = _measured(root, other)
+        if src is None:
+            continue
+        return src.model_copy(update={
+            "name": f"transferred from {src.name}", "calibrated": False,
+            "error_band": max(src.error_band, defaults.error_band),
+            "error_band_fp8": max(src.error_band, defaults.error_band_fp8 or 0),
+            "error_band_moe": max(src.error_band, defaults.error_band_moe or 0),
+        })
+    return defaults
 
 
 def error_band(cal: CalibrationProfile, fp8: bool, moe: bool) -> float:

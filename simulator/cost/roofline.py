@@ -68,7 +68,9 @@ class Roofline:
         self.model, self.gpu, self.tp, self.prec, self.cal = model, gpu, tp, prec, cal
         e, bw = cal.efficiency, gpu.memory_bandwidth
         m = model
-        self.rc_gemm = gpu.peak_flops(prec.gemm_dtype) * e.gemm_compute
+        gemm_eff = e.gemm_compute_fp8 if prec.gemm_dtype == "fp8" and e.gemm_compute_fp8 else e.gemm_compute
+        self.rc_gemm = gpu.peak_flops(prec.gemm_dtype) * gemm_eff
+        self.moe_eff = e.moe_gemm or 1.0
         self.rc_head = gpu.peak_flops(prec.attn_dtype) * e.gemm_compute  # lm_head stays 16-bit
         self.rm_gemm = bw * e.gemm_memory
         self.rc_attn_p = gpu.peak_flops(prec.attn_dtype) * e.attn_prefill_compute
@@ -147,7 +149,7 @@ class Roofline:
                             2 * tokens * (moe.top_k * mlp_p + shared_p + router_p),
                             (touched * mlp_p + shared_p + router_p) * wb
                             + tokens * ab * (2 * self.model.hidden * (moe.top_k + 1)),
-                            0.0, self.rc_gemm, self.rm_gemm, INF, 0.0))
+                            0.0, self.rc_gemm * self.moe_eff, self.rm_gemm * self.moe_eff, INF, 0.0))
         out.append(("norms+kv_write", L, 0.0,
                     tokens * (self.elem_bytes_token + self.kv_bytes_token_layer), 0.0,
                     INF, self.rm_elem, INF, 0.0))
@@ -189,7 +191,8 @@ class Roofline:
                         self.rc_head, self.rm_gemm, INF, 0.0))
         n_seqs = n_decode + len(prefills)
         out.append(("step_overhead(cpu)", 1, 0.0, 0.0, 0.0, INF, INF, INF,
-                    self.overhead.step_s + self.overhead.per_seq_s * n_seqs))
+                    self.overhead.step_s + self.overhead.per_seq_s * n_seqs
+                    + (self.overhead.prefill_step_s if prefills else 0.0)))
         return out
 
     def ops(

@@ -14,8 +14,15 @@ has passed, between steps, as a server's engine loop would see them; weights are
 text cost for dense and MoE models alike.
 
 vLLM 0.25 schedules asynchronously by default: ``step()`` number k schedules batch k, launches
-it, and returns the outputs of batch k-1, so the GPU time of batch k shows up as the duration of
-step k+1 (``meta.json`` records ``async_scheduling``). Request timestamps are unaffected.
+it, and returns the outputs of batch k-1, so wall-clock step durations blur neighbouring batches
+(``meta.json`` records ``async_scheduling``). Each batch's own GPU time is therefore taken with
+CUDA events on the stream the model runs on: one recorded just before the executor's
+``execute_model`` for the batch, one just after its ``sample_tokens``. Because the stream is
+serial, the first event completes when the GPU reaches the batch (after the previous batch or at
+launch), so the span is the batch's device time, including any gaps where the GPU waited for the
+CPU to launch its kernels, and excluding idle time between batches. Events are read back once
+complete, a few steps later, so timing never adds a synchronisation. On a CPU backend there are
+no CUDA events and ``gpu_s`` is null. Request timestamps are unaffected by any of this.
 
 Writes, per trace, ``DIR/<trace stem>/``: ``requests.jsonl`` (arrival, first token, finish,
 tokens), ``steps.jsonl`` (start, end, decode count and context sum, prefill chunks) and
@@ -31,6 +38,7 @@ import random
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -54,13 +62,71 @@ def load_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+class BatchTimer:
+    """Device time per batch from CUDA events around execute_model .. sample_tokens."""
+
+    def __init__(self, core, steps: list[dict]):
+        import torch
+
+        self.core, self.steps, self.pending = core, steps, []
+        self.cuda = torch.cuda if torch.cuda.is_available() else None
+        ex = core.model_executor
+        self.orig = (ex.execute_model, ex.sample_tokens)
+        if self.cuda is None:
+            return
+
+        def execute_model(*args, **kwargs):
+            # A batch that was executed but never sampled (nothing scheduled) has no end event.
+            self.pending = [p for p in self.pending if p[2] is not None]
+            start = self.cuda.Event(enable_timing=True)
+            start.record()
+            self.pending.append([len(self.steps) - 1, start, None])
+            return self.orig[0](*args, **kwargs)
+
+        def sample_tokens(*args, **kwargs):
+            out = self.orig[1](*args, **kwargs)
+            end = self.cuda.Event(enable_timing=True)
+            end.record()
+            for p in reversed(self.pending):
+                if p[2] is None:
+                    p[2] = end
+                    break
+            return out
+
+        ex.execute_model, ex.sample_tokens = execute_model, sample_tokens
+
+    def collect(self, wait: bool = False) -> None:
+        """Move finished batches' device times into their step records."""
+        keep = []
+        for p in self.pending:
+            idx, start, end = p
+            if end is not None and (wait or end.query()):
+                end.synchronize()
+                if idx >= 0:
+                    self.steps[idx]["gpu_s"] = start.elapsed_time(end) / 1e3
+            else:
+                keep.append(p)
+        self.pending = keep
+
+    def close(self) -> None:
+        self.collect(wait=True)
+        self.core.model_executor.execute_model, self.core.model_executor.sample_tokens = self.orig
+
+
+def trace_seed(path: Path) -> int:
+    """Prompt-token seed per trace, so that replays of different traces never share prompts
+    (which would turn into prefix-cache hits the trace does not have)."""
+    return zlib.crc32(path.stem.encode())
+
+
 def replay(engine, rows: list[dict], vocab: int, seed: int) -> tuple[list[dict], list[dict]]:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
     rng = random.Random(seed)
     steps: list[dict] = []
-    sched = engine.engine_core.engine_core.scheduler
+    core = engine.engine_core.engine_core
+    sched = core.scheduler
     orig = sched.schedule
 
     def schedule(*args, **kwargs):
@@ -75,10 +141,11 @@ def replay(engine, rows: list[dict], vocab: int, seed: int) -> tuple[list[dict],
                 dec_ctx += before
             else:
                 chunks.append([n, before])
-        steps.append({"n_decode": dec_n, "decode_ctx": dec_ctx, "prefill": chunks})
+        steps.append({"n_decode": dec_n, "decode_ctx": dec_ctx, "prefill": chunks, "gpu_s": None})
         return out
 
     sched.schedule = schedule
+    timer = BatchTimer(core, steps)
     recs = {str(i): {"request_id": r.get("request_id", str(i)), "arrival_s": r["arrival_s"],
                      "input_tokens": r["input_tokens"], "output_tokens": r["output_tokens"],
                      "first_token_s": None, "finish_s": None, "generated": 0}
@@ -104,6 +171,7 @@ def replay(engine, rows: list[dict], vocab: int, seed: int) -> tuple[list[dict],
             t1 = time.perf_counter() - start
             for s in steps[k:]:
                 s["start_s"], s["end_s"] = t0, t1
+            timer.collect()
             for o in outs:
                 rec = recs[o.request_id]
                 got = len(o.outputs[0].token_ids) if o.outputs else 0
@@ -114,6 +182,7 @@ def replay(engine, rows: list[dict], vocab: int, seed: int) -> tuple[list[dict],
                     rec["finish_s"] = t1
     finally:
         sched.schedule = orig
+        timer.close()
     return list(recs.values()), steps
 
 
@@ -155,7 +224,7 @@ def main() -> None:
         # Warm-up outside the timed replay: one short request.
         replay(engine, [{"arrival_s": 0, "input_tokens": 64, "output_tokens": 8}], vocab, 1)
         t = time.perf_counter()
-        reqs, steps = replay(engine, rows, vocab, 0)
+        reqs, steps = replay(engine, rows, vocab, trace_seed(path))
         wall = time.perf_counter() - t
         out = a.out / path.stem
         out.mkdir(parents=True, exist_ok=True)
@@ -170,6 +239,7 @@ def main() -> None:
             # With async scheduling, step() k schedules batch k and returns batch k-1's
             # results: batch k's execution time is step k+1's duration (see README).
             "async_scheduling": getattr(cfg.scheduler_config, "async_scheduling", None),
+            "step_timing": "cuda-events" if torch.cuda.is_available() else "wall-clock only",
             "replay_wall_s": wall, "command": " ".join(sys.argv),
         }
         (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The exact commands behind every measured run in this folder, in groups that each fit in one
+# 10-minute device call. On the lent GPU, after installing the offline vLLM 0.25.1 bundle:
+#   export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0
+#   bash profiles/calibration/measurements/profile_gpu.sh $OUT/m GROUP...
+# Groups: llama-bf16 llama-fp8 llama-small moe big big-bf16 (bf16 32B: H200 only, 64 GB of weights)
+set -euo pipefail
+DEST=$1; shift
+T=profiles/calibration/measurements/traces
+P="python3 -m simulator.profiler.vllm_replay"
+for g in "$@"; do
+  case $g in
+    llama-bf16) $P --model llama-3.1-8b --trace $T/az-r2.jsonl --trace $T/az-r8.jsonl \
+        --trace $T/az-r20.jsonl --trace $T/az-r40.jsonl --out $DEST/llama8b-bf16 ;;
+    llama-fp8) $P --model llama-3.1-8b --quantization fp8 --trace $T/az-r2.jsonl \
+        --trace $T/az-r8.jsonl --trace $T/az-r20.jsonl --trace $T/az-r40.jsonl --out $DEST/llama8b-fp8 ;;
+    llama-small) $P --model llama-3.1-8b --max-num-seqs 64 --max-num-batched-tokens 2048 \
+        --trace $T/az-r8.jsonl --trace $T/az-r20.jsonl --out $DEST/llama8b-bf16-s64-t2048 ;;
+    moe) $P --model qwen3-30b-a3b --trace $T/az-r2.jsonl --trace $T/az-r8.jsonl \
+        --trace $T/az-r20.jsonl --out $DEST/qwen3-30b-a3b-bf16 ;;
+    big) $P --model qwen2.5-32b --quantization fp8 --trace $T/az-r2.jsonl --trace $T/az-r8.jsonl \
+        --trace $T/az-r20.jsonl --out $DEST/qwen2.5-32b-fp8 ;;
+    big-bf16) $P --model qwen2.5-32b --trace $T/az-r2.jsonl --trace $T/az-r8.jsonl \
+        --trace $T/az-r20.jsonl --out $DEST/qwen2.5-32b-bf16 ;;
+    *) echo "unknown group $g" >&2; exit 2 ;;
+  esac 2>&1 | tee "$DEST/$g.log" | grep -v "^\(INFO\|WARNING\|DEBUG\)" | tail -20
+done
