@@ -3,8 +3,14 @@
 A general step (any prefill, admission or preemption) is one event. When only decodes remain,
 the replica advances a whole run of steps, up to the next completion, KV exhaustion or arrival,
 in one event whose duration is the closed-form sum of
-:class:`~simulator.cost.roofline.DecodeRun`. A run always ends on the step boundary where
-vLLM's scheduler would first see a newly arrived request:
+:class:`~simulator.cost.roofline.DecodeRun`.
+
+vLLM (0.25, async scheduling on by default) forms batch k+1 while batch k runs, so a request
+that arrives after batch k started can join batch k+2 at the earliest; only an engine with
+nothing running schedules it at once. The replica keeps arrivals in ``arrivals`` and lets the
+scheduler see one only at the first step boundary whose finished step started after it arrived
+(measured on H100/H200: this one-step lag is most of light-load TTFT beyond the prefill itself).
+A run always ends on the step boundary where the scheduler would first see a new request:
 
 - pre-routed arrivals (routers whose choice does not depend on load, e.g. round-robin) are
   known to the replica in advance, so it cuts the run there itself, with no extra event;
@@ -45,22 +51,52 @@ class Replica:
         self.incoming: deque[Request] | None = None if incoming is None else deque(incoming)
         for r in incoming or ():
             r.replica = index
+        # Arrived (or pre-routed) requests the scheduler cannot see yet, in arrival order.
+        self.arrivals: deque[Request] = self.incoming if self.incoming is not None else deque()
+        self.last_start = 0.0  # start of the step that ended at the current boundary
         self.proc = env.process(self._run())
 
     # --- called by a live router ---------------------------------------------------------------
     def enqueue(self, req: Request) -> None:
         s = self.sched
         req.replica = self.index
-        s.waiting.append(req)
+        self.arrivals.append(req)
         if self.idle:
             if self.wake is not None and not self.wake.triggered:
                 self.wake.succeed()
-        elif self.interruptible and len(s.waiting) == 1 and s.can_admit_head():
-            self.interruptible = False
-            self.proc.interrupt()
+        elif self.interruptible and len(self.arrivals) == 1 and not s.waiting:
+            s.waiting.append(req)  # would it be admitted once visible?
+            admit = s.can_admit_head()
+            s.waiting.pop()
+            if admit:
+                self.interruptible = False
+                self.proc.interrupt()
 
     def load(self) -> int:
-        return self.sched.load()
+        return self.sched.load() + len(self.arrivals)
+
+    def _reveal(self, now: float) -> None:
+        """Move the arrivals the scheduler can see at this boundary into its queue."""
+        s, a = self.sched, self.arrivals
+        if not (s.decoding or s.prefilling):
+            # Nothing running: every arrival so far is scheduled now (a live router's requests
+            # have all arrived; their float arrival may exceed env.now by an ulp).
+            cutoff = now if self.incoming is not None else float("inf")
+        else:
+            cutoff = min(self.last_start, now)
+        while a and a[0].arrival <= cutoff:
+            s.waiting.append(a.popleft())
+
+    @staticmethod
+    def _visible_after(run, t: float, arrival: float, m: int) -> int:
+        """Steps of a run starting at ``t`` after which a request arriving at ``arrival`` is
+        visible: through the first step that starts at or after the arrival."""
+        if arrival <= t:
+            return min(1, m)
+        k = run.steps_done_by(arrival - t, m)
+        if run.duration(k) < arrival - t:
+            k += 1
+        return min(k + 1, m)
 
     # --- callbacks from the scheduler ----------------------------------------------------------
     def _on_token(self, r: Request, now: float) -> None:
@@ -81,9 +117,7 @@ class Replica:
         env, s, rf, inc = self.env, self.sched, self.rf, self.incoming
         while True:
             now = env.now
-            if inc:
-                while inc and inc[0].arrival <= now:
-                    s.waiting.append(inc.popleft())
+            self._reveal(now)
             if now >= self.next_sample:
                 self._sample(now)
             if not s.busy():
@@ -92,6 +126,8 @@ class Replica:
                     continue
                 if inc is not None:
                     return  # pre-routed and all served
+                if self.arrivals:
+                    continue  # nothing running: they are visible now
                 self.idle = True
                 self.wake = env.event()
                 yield self.wake
@@ -107,6 +143,7 @@ class Replica:
                 prefills = [(n, r.computed) for r, n in step.chunks]
                 cost = rf.step(step.n_decode, step.decode_ctx, prefills,
                                step.n_decode + len(prefills))
+                self.last_start = now
                 yield env.timeout(cost.time_s)
                 self._finish_general(step, cost, len(prefills), used0, peak)
                 continue
@@ -118,12 +155,14 @@ class Replica:
             # Live routing: one run, up to m steps; an admissible arrival cuts it short.
             batch = len(s.decoding)
             run = rf.decode_run(batch, s.ctx_sum)
+            if self.arrivals and not s.waiting:
+                m = self._visible_after(run, now, self.arrivals[0].arrival, m)
             dur = run.duration(m)
-            self.interruptible = not s.waiting
+            self.interruptible = not s.waiting and not self.arrivals
             try:
                 yield env.timeout(dur)
             except simpy.Interrupt:
-                m = min(run.steps_done_by(env.now - now, m) + 1, m)
+                m = self._visible_after(run, now, env.now, m)
                 dur = run.duration(m)
                 yield env.timeout(now + dur - env.now)
             self.interruptible = False
@@ -140,10 +179,10 @@ class Replica:
             dur = run.duration(m)
             cut = False
             if inc and not s.waiting and t + dur > inc[0].arrival:
-                # The next request arrives during the run: stop after the step in progress.
-                m = min(run.steps_done_by(inc[0].arrival - t, m) + 1, m)
-                dur = run.duration(m)
-                cut = True
+                # The next request arrives during the run: stop where it becomes visible.
+                m2 = self._visible_after(run, t, inc[0].arrival, m)
+                cut = m2 < m or t + dur > inc[0].arrival
+                m, dur = m2, run.duration(m2)
             t += dur
             self._apply_run(run, m, dur, t, used0)
             if cut or not s.decoding or s.waiting:
@@ -153,6 +192,7 @@ class Replica:
                 return t - now
 
     def _apply_run(self, run, m: int, dur: float, end: float, used0: int) -> None:
+        self.last_start = end - run.step_time(m - 1)
         self.itl.add_range(run.step_time(0), run.step_time(m - 1), run.batch * m, dur / m)
         s = self.sched
         peak = s.advance_decode(m, end, self.done.append)
