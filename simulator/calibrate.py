@@ -60,6 +60,7 @@ class Sample:
             for i, line in enumerate(f, 1):
                 s = json.loads(line)
                 tokens = s["n_decode"] + sum(n for n, _ in s["prefill"])
+                # The first steps of a replay include one-off warm-up (allocator, first shapes).
                 if i > 5 and s.get("gpu_s") and tokens:
                     steps.append((s["n_decode"], s["decode_ctx"], [tuple(c) for c in s["prefill"]],
                                   s["gpu_s"]))

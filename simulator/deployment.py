@@ -153,7 +153,7 @@ def resolve(cfg: SimulationConfig) -> Deployment:
     prov: dict[str, str] = {"gpu": "profiles/hardware (datasheet figures, see sources)"}
     prec = _precision(cfg, model, gpu, prov)
     cal = select_profile(gpu.name, cfg.calibration, _nearest_measured(gpu))
-    if cal.name.startswith("transferred"):
+    if cal.transferred_from:
         prov["calibration"] = (f"{cal.name}: efficiencies and overheads carried over from the "
                                "nearest measured GPU; uncalibrated for this one")
     big = gpu.usable_memory_gib >= 70 and "a100" not in gpu.name
@@ -241,11 +241,11 @@ def resolve(cfg: SimulationConfig) -> Deployment:
     ))
     warnings = calibration_range_warnings(cal, model.name, prec, tp, max_len)
     return Deployment(
-        warnings=warnings, gpu=gpu, num_gpus=count, model=model, tp=tp, replicas=count // tp, precision=prec,
+        gpu=gpu, num_gpus=count, model=model, tp=tp, replicas=count // tp, precision=prec,
         calibration=cal, roofline=rf, max_num_seqs=seqs, max_num_batched_tokens=tokens,
         max_model_len=max_len, block_size=e.block_size,
         gpu_memory_utilization=e.gpu_memory_utilization, num_kv_blocks=blocks,
         kv_bytes_per_token=kv_token, weight_bytes_per_gpu=rf.weight_bytes_per_gpu(),
         activation_reserve_bytes=act, gpu_cost_per_hour=cost, router=cfg.router,
-        error_band=band, provenance=prov,
+        error_band=band, provenance=prov, warnings=warnings,
     )

@@ -64,13 +64,10 @@ class Replica:
         if self.idle:
             if self.wake is not None and not self.wake.triggered:
                 self.wake.succeed()
-        elif self.interruptible and len(self.arrivals) == 1 and not s.waiting:
-            s.waiting.append(req)  # would it be admitted once visible?
-            admit = s.can_admit_head()
-            s.waiting.pop()
-            if admit:
-                self.interruptible = False
-                self.proc.interrupt()
+        elif (self.interruptible and len(self.arrivals) == 1 and not s.waiting
+              and s.can_admit_head(req)):  # admissible once the scheduler sees it
+            self.interruptible = False
+            self.proc.interrupt()
 
     def load(self) -> int:
         return self.sched.load() + len(self.arrivals)
@@ -177,12 +174,11 @@ class Replica:
             used0 = s.kv.used
             run = rf.decode_run(len(s.decoding), s.ctx_sum)
             dur = run.duration(m)
-            cut = False
-            if inc and not s.waiting and t + dur > inc[0].arrival:
+            cut = bool(inc) and not s.waiting and t + dur > inc[0].arrival
+            if cut:
                 # The next request arrives during the run: stop where it becomes visible.
-                m2 = self._visible_after(run, t, inc[0].arrival, m)
-                cut = m2 < m or t + dur > inc[0].arrival
-                m, dur = m2, run.duration(m2)
+                m = self._visible_after(run, t, inc[0].arrival, m)
+                dur = run.duration(m)
             t += dur
             self._apply_run(run, m, dur, t, used0)
             if cut or not s.decoding or s.waiting:

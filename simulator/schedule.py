@@ -63,9 +63,14 @@ class Scheduler:
         """Tokens in KV of a decoding request now."""
         return r.prompt_len + (self.step_no - r.join_step)
 
-    def can_admit_head(self) -> bool:
-        """Would the next general step admit the head of the queue? (exact, absent preemption)"""
-        if not self.waiting or self.running >= self.max_seqs:
+    def can_admit_head(self, head: Request | None = None) -> bool:
+        """Would the next general step admit the head of the queue, or ``head`` if it were at
+        the head? (exact, absent preemption)"""
+        if head is None:
+            if not self.waiting:
+                return False
+            head = self.waiting[0]
+        if self.running >= self.max_seqs:
             return False
         budget = self.max_tokens - len(self.decoding)
         if budget <= 0:
@@ -77,7 +82,6 @@ class Scheduler:
             budget -= n
             if budget <= 0:
                 return False
-        head = self.waiting[0]
         return blocks_for(min(head.prompt_len, budget), self.kv.bs) <= free
 
     # --- preemption ----------------------------------------------------------------------------

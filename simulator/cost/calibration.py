@@ -59,6 +59,8 @@ class CalibrationProfile(BaseModel):
     overhead: Overhead
     memory: MemoryModel
     path: str = ""
+    # Set on a profile borrowed from another GPU's measurements (see select_profile).
+    transferred_from: str | None = None
 
 
 def load_profile(path: Path) -> CalibrationProfile:
@@ -99,18 +101,18 @@ def select_profile(gpu_name: str, explicit: str | None,
         if not p.is_file():
             raise InputError("calibration profile not found", file=explicit, field="calibration")
         return load_profile(p)
+    own = None if explicit == "none" else _measured(root, gpu_name)
+    if own is not None:
+        return own
     defaults = load_profile(root / "defaults.toml")
     if explicit == "none":
         return defaults
-    own = _measured(root, gpu_name)
-    if own is not None:
-        return own
     for other in transfer_from:
         src = _measured(root, other)
         if src is None:
             continue
         return src.model_copy(update={
-            "name": f"transferred from {src.name}", "calibrated": False,
+            "name": f"transferred from {src.name}", "calibrated": False, "transferred_from": src.name,
             "error_band": max(src.error_band, defaults.error_band),
             "error_band_fp8": max(src.error_band, defaults.error_band_fp8 or 0),
             "error_band_moe": max(src.error_band, defaults.error_band_moe or 0),

@@ -236,8 +236,8 @@ def main() -> None:
             "engine_args": {k: v for k, v in kw.items() if k != "model"},
             "num_gpu_blocks": cfg.cache_config.num_gpu_blocks,
             "block_size": cfg.cache_config.block_size, "startup_s": startup,
-            # With async scheduling, step() k schedules batch k and returns batch k-1's
-            # results: batch k's execution time is step k+1's duration (see README).
+            # With async scheduling, wall-clock step times blur neighbouring batches; each
+            # batch's own device time is gpu_s (CUDA events, see the module docstring).
             "async_scheduling": getattr(cfg.scheduler_config, "async_scheduling", None),
             "step_timing": "cuda-events" if torch.cuda.is_available() else "wall-clock only",
             "replay_wall_s": wall, "command": " ".join(sys.argv),
