@@ -274,3 +274,6 @@ def main() -> None:
                   highlight=False, soft_wrap=True)
         sys.exit(2)
     sys.exit(rc if isinstance(rc, int) else 0)
+
+
+from simulator import cli_planning  # noqa: E402,F401 - registers report, sweep and plan

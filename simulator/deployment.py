@@ -116,10 +116,11 @@ def _activation_reserve(model: ModelSpec, tp: int, tokens: int, seqs: int, ab: f
     return tokens * (2 * model.hidden + widest) * ab + seqs * model.vocab * 8
 
 
-def calibration_range_warnings(cal: CalibrationProfile, model: str, prec: Precision, tp: int,
-                               max_len: int) -> list[str]:
-    """Where this run leaves what the profile was fitted on (its [provenance]): a model or
-    precision, a tensor-parallel size, or context lengths it never saw."""
+def calibration_range_warnings(cal: CalibrationProfile, model: str, prec: Precision,
+                               tp: int) -> list[str]:
+    """Where this deployment leaves what the profile was fitted on (its [provenance]): a model
+    or precision, or a tensor-parallel size it never saw. (Context lengths depend on the trace:
+    :func:`context_range_warning`.)"""
     prov = (cal.model_extra or {}).get("provenance")
     if not prov:
         return []
@@ -131,10 +132,18 @@ def calibration_range_warnings(cal: CalibrationProfile, model: str, prec: Precis
     if tp > prov.get("max_tensor_parallel_size", 1):
         out.append(f"tensor-parallel size {tp} was not measured (calibration is TP1): "
                    "all-reduce costs are datasheet-based")
-    if max_len > prov.get("max_model_len", max_len):
-        out.append(f"max-model-len {max_len} exceeds the calibration's {prov['max_model_len']}: "
-                   "long-context attention is extrapolated")
     return out
+
+
+def context_range_warning(cal: CalibrationProfile, longest: int) -> list[str]:
+    """A warning when the trace's longest request (prompt + output) is longer than any context
+    the profile was measured at."""
+    prov = (cal.model_extra or {}).get("provenance") or {}
+    top = prov.get("max_model_len")
+    if top is None or longest <= top:
+        return []
+    return [f"requests reach {longest} tokens of context, beyond the calibration's {top}: "
+            "long-context attention is extrapolated"]
 
 
 def _nearest_measured(gpu: GPUSpec) -> tuple[str, ...]:
@@ -239,7 +248,7 @@ def resolve(cfg: SimulationConfig) -> Deployment:
         f"measured profile {cal.path}" if cal.calibrated
         else f"uncalibrated: datasheet defaults ({cal.path}), +-{band:.0%} error band"
     ))
-    warnings = calibration_range_warnings(cal, model.name, prec, tp, max_len)
+    warnings = calibration_range_warnings(cal, model.name, prec, tp)
     return Deployment(
         gpu=gpu, num_gpus=count, model=model, tp=tp, replicas=count // tp, precision=prec,
         calibration=cal, roofline=rf, max_num_seqs=seqs, max_num_batched_tokens=tokens,

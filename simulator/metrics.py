@@ -108,7 +108,8 @@ class ReplicaStats:
         self.busy_s = 0.0
         self.kv_integral = 0.0  # sum of utilisation x seconds (trapezoid over each event)
         self.kv_peak_blocks = 0
-        self.samples: list[tuple[float, int, int, float]] = []  # (t, queued, running, kv util)
+        # (t, queued, running, kv util, preemptions so far)
+        self.samples: list[tuple[float, int, int, float, int]] = []
 
     def add(self, dt: float, steps: int, seq_steps: int, flops: float, hbm_bytes: float,
             used_before: int, used_after: int, peak: int, total: int) -> None:

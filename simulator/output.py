@@ -74,12 +74,33 @@ def write_requests(res: SimulationResult, path: Path) -> None:
         f.writelines(rows)
 
 
+TIMESERIES_COLUMNS = ("time_s", "replica", "queue_length", "running", "kv_cache_utilization",
+                      "preemptions")
+
+
 @WRITERS.register("timeseries.csv")
 def write_timeseries(res: SimulationResult, path: Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(("time_s", "replica", "queue_length", "running", "kv_cache_utilization"))
-        w.writerows((f"{t:.6f}", i, q, run, f"{kv:.6f}") for t, i, q, run, kv in res.timeseries)
+        w.writerow(TIMESERIES_COLUMNS)
+        w.writerows((f"{t:.6f}", i, q, run, f"{kv:.6f}", pre)
+                    for t, i, q, run, kv, pre in res.timeseries)
+
+
+def run_label(summary: dict) -> str:
+    c = summary["config"]
+    return (f"{c['num_gpus']}x {c['gpu']} {c['model']} TP{c['tensor_parallel_size']}"
+            f"x{c['data_parallel_replicas']}")
+
+
+@WRITERS.register("report.html")
+def write_report(res: SimulationResult, path: Path) -> None:
+    from simulator.report.data import from_result
+    from simulator.report.html import render
+
+    label = run_label(res.summary)
+    path.write_text(render([from_result(res, label)], f"Simulated vLLM run: {label}"),
+                    encoding="utf-8")
 
 
 def write_outputs(res: SimulationResult, out_dir: Path) -> list[Path]:

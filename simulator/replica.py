@@ -106,7 +106,8 @@ class Replica:
     # --- bookkeeping ---------------------------------------------------------------------------
     def _sample(self, now: float) -> None:
         s = self.sched
-        self.stats.samples.append((round(now, 6), len(s.waiting), s.running, s.kv.used / s.kv.total))
+        self.stats.samples.append((round(now, 6), len(s.waiting), s.running, s.kv.used / s.kv.total,
+                                   s.preemptions))
         self.next_sample = (now // self.sample_every + 1) * self.sample_every
 
     # --- the engine loop -----------------------------------------------------------------------

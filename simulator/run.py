@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import simpy
 
 from simulator.config import SimulationConfig
-from simulator.deployment import Deployment, resolve
+from simulator.deployment import Deployment, context_range_warning, resolve
 from simulator.metrics import LogHistogram, distribution
 from simulator.replica import Replica
 from simulator.request import REJECTED, Request
@@ -22,7 +22,8 @@ class SimulationResult:
     deployment: Deployment
     requests: list[Request]
     summary: dict
-    timeseries: list[tuple[float, int, int, int, float]]  # (t, replica, queued, running, kv)
+    # (t, replica, queued, running, kv utilisation, preemptions so far)
+    timeseries: list[tuple[float, int, int, int, float, int]]
 
 
 def _reject(r: Request, max_len: int) -> bool:
@@ -94,7 +95,8 @@ def run_simulation(cfg: SimulationConfig, requests: list[Request],
     for rep in replicas:  # final state of each replica in the time series
         rep._sample(end)
     summary = summarize(cfg, dep, requests, done, rejected, replicas, itl, end)
-    series = [(t, rep.index, q, run, kv) for rep in replicas for (t, q, run, kv) in rep.stats.samples]
+    series = [(t, rep.index, q, run, kv, pre) for rep in replicas
+              for (t, q, run, kv, pre) in rep.stats.samples]
     series.sort()
     return SimulationResult(dep, requests, summary, series)
 
@@ -110,7 +112,7 @@ def summarize(cfg: SimulationConfig, dep: Deployment, requests: list[Request],
     out_tok = sum(r.output_tokens for r in done)
     in_tok = sum(r.input_tokens for r in done)
     slos = {"ttft": cfg.slo_ttft, "tpot": cfg.slo_tpot, "e2e": cfg.slo_e2e}
-    goodput = None
+    goodput = attainment = None
     if any(v is not None for v in slos.values()):
         good = sum(
             1 for r in done
@@ -119,6 +121,7 @@ def summarize(cfg: SimulationConfig, dep: Deployment, requests: list[Request],
             and (cfg.slo_e2e is None or r.e2e <= cfg.slo_e2e)
         )
         goodput = good / duration
+        attainment = good / len(done) if done else None
     stats = [rep.stats for rep in replicas]
     steps = sum(s.steps for s in stats)
     gpus = dep.replicas * dep.tp
@@ -144,6 +147,7 @@ def summarize(cfg: SimulationConfig, dep: Deployment, requests: list[Request],
         "total_input_tokens": in_tok,
         "total_output_tokens": out_tok,
         "goodput": goodput,
+        "slo_attainment": attainment,  # share of completed requests within every SLO
         "slo": slos,
         "kv_cache_utilization": {
             "mean": sum(s.kv_integral for s in stats) / (duration * len(stats)),
@@ -160,7 +164,8 @@ def summarize(cfg: SimulationConfig, dep: Deployment, requests: list[Request],
         "cost_per_million_output_tokens": cost / out_tok * 1e6 if out_tok else None,
         "calibrated": dep.calibration.calibrated,
         "error_band": dep.error_band,  # calibrated profiles state theirs too (validation.csv)
-        "warnings": dep.warnings,
+        "warnings": dep.warnings + context_range_warning(
+            dep.calibration, max((r.input_tokens + r.output_tokens for r in done), default=0)),
         "config": {**dep.describe(), "engine_args": cfg.engine.model_dump(),
                    "slo": slos},
     }

@@ -12,6 +12,8 @@ from simulator.errors import InputError
 from simulator.gpu import catalog, get_gpu, parse_deployment
 from simulator.kv_cache import KVCache, blocks_for
 from simulator.paths import profiles_dir
+from simulator.request import Request
+from simulator.run import run_simulation
 
 REQUIRED = {"a100-40gb", "a100-80gb", "h100-sxm", "h100-pcie", "h200", "h20", "l40s", "l4",
             "a10g", "rtx4090", "b200", "mi300x"}
@@ -135,7 +137,15 @@ def test_warns_when_leaving_the_calibrated_range():
     assert inside.warnings == []
     w = resolve(SimulationConfig(gpu="h100x2", model="llama-3.1-70b", engine={
         "tensor_parallel_size": 2, "quantization": "fp8", "max_model_len": 32768})).warnings
-    assert len(w) == 3
+    assert len(w) == 2
     assert "llama-3.1-70b fp8 is outside" in w[0] and "tensor-parallel size 2" in w[1]
-    assert "max-model-len 32768 exceeds the calibration's 16384" in w[2]
     assert resolve(SimulationConfig(gpu="h100", calibration="none")).warnings == []
+
+
+def test_warns_when_requests_outgrow_the_calibrated_context():
+    cfg = SimulationConfig(gpu="h100", engine={"max_model_len": 32768})
+    short = run_simulation(cfg, [Request("a", 0.0, 16000, 384)]).summary["warnings"]
+    assert short == []
+    long = run_simulation(cfg, [Request("a", 0.0, 16000, 385)]).summary["warnings"]
+    assert long == ["requests reach 16385 tokens of context, beyond the calibration's 16384: "
+                    "long-context attention is extrapolated"]

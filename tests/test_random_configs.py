@@ -57,5 +57,5 @@ def test_invariants(seed):
     assert s["preemptions"] == sum(r.preemptions for r in reqs)
     assert 0 < s["busy_fraction"] <= 1 + 1e-9 or s["completed"] == 0
     # Every replica's KV cache is empty again at the end.
-    for _t, _, queued, running, kv in res.timeseries[-res.deployment.replicas:]:
+    for _t, _, queued, running, kv, _pre in res.timeseries[-res.deployment.replicas:]:
         assert (queued, running, kv) == (0, 0, 0)
