@@ -45,6 +45,10 @@ def _fail(e: InputError) -> None:
     raise typer.Exit(1)
 
 
+def _warn(msg: str) -> None:
+    err.print(f"warning: {msg}", markup=False, highlight=False, soft_wrap=True)
+
+
 def _engine(**kw: object) -> EngineArgs:
     return validated(EngineArgs, **kw)  # type: ignore[return-value]
 
@@ -77,6 +81,11 @@ def main_command(
     slo_e2e: Annotated[float | None, typer.Option(help="E2E latency SLO, seconds")] = None,
     trace_format: Annotated[str | None, typer.Option(help=f"{' | '.join(FORMATS.names())}; "
                                                           "default: by extension")] = None,
+    sort: Annotated[bool, typer.Option(help="sort out-of-order arrivals (with a warning) "
+                                            "instead of refusing the trace")] = False,
+    rate_scale: Annotated[float, typer.Option(help="replay at this multiple of the trace's "
+                                                   "load (inter-arrival times divided)",
+                                              min=1e-9)] = 1.0,
     output_dir: Annotated[Path | None, typer.Option(help="default: runs/<trace>-<gpu>")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no table, no progress")] = False,
 ) -> None:
@@ -105,7 +114,10 @@ def main_command(
         from simulator.deployment import resolve
 
         dep = resolve(cfg)  # fail on config errors before reading a large trace
-        requests = load_trace(trace, trace_format)
+        requests = load_trace(trace, trace_format, sort, _warn)
+        if rate_scale != 1.0:
+            for r in requests:
+                r.arrival /= rate_scale
         t0 = time.perf_counter()
         if quiet:
             result = run_simulation(cfg, requests, deployment=dep)
@@ -127,7 +139,7 @@ def main_command(
     if not quiet:
         out.print(summary_table(result.summary))
         err.print(f"simulated {len(requests):,} requests in {wall:.2f} s; wrote "
-                  f"{', '.join(str(p) for p in written)}", highlight=False)
+                  f"{', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True)
 
 
 _DECODE = re.compile(r"(\d+)x(\d+)")
@@ -276,4 +288,5 @@ def main() -> None:
     sys.exit(rc if isinstance(rc, int) else 0)
 
 
-from simulator import cli_planning  # noqa: E402,F401 - registers report, sweep and plan
+# The other command groups register themselves on `app`.
+from simulator import cli_planning, cli_trace  # noqa: E402,F401

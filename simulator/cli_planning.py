@@ -69,7 +69,7 @@ def report(
     except InputError as e:
         _fail(e)
         return
-    err.print(f"wrote {output}", highlight=False)
+    err.print(f"wrote {output}", highlight=False, soft_wrap=True)
 
 
 def _common_base(model: str, router: str, calibration: str | None, slo_ttft, slo_tpot, slo_e2e,
@@ -140,7 +140,8 @@ def sweep(
                       f"{r['request_throughput']:.2f}" if ok else "-",
                       f"{r['cost_per_hour_usd']:.2f}" if ok else "-")
     out.print(table)
-    err.print(f"wrote {out_dir / 'results.csv'} and {out_dir / 'report.html'}", highlight=False)
+    err.print(f"wrote {out_dir / 'results.csv'} and {out_dir / 'report.html'}", highlight=False,
+              soft_wrap=True)
     if interrupted:
         err.print(f"interrupted: kept {sum(r['status'] == 'ok' for r in results.rows)} finished "
                   "point(s)")
@@ -225,8 +226,8 @@ def plan(
                   "/h")
     sims = sum(len(o.evaluations) for o in outcomes)
     err.print(f"{sims} simulations for {len(fams)} feasible families ({len(pruned)} infeasible "
-              f"configs pruned before simulating); wrote {out_dir / 'plan.csv'} and {out_dir / 'report.html'}",
-              highlight=False)
+              f"configs pruned before simulating); wrote {out_dir / 'plan.csv'} and "
+              f"{out_dir / 'report.html'}", highlight=False, soft_wrap=True)
 
 
 def _ranking_rows(outcomes, scale: float) -> list[dict]:

@@ -98,7 +98,7 @@ class ReplicaStats:
     """Counters one replica accumulates; summed or averaged across replicas at the end."""
 
     __slots__ = ("steps", "seq_steps", "flops", "hbm_bytes", "busy_s", "kv_integral",
-                 "kv_peak_blocks", "samples")
+                 "kv_peak_blocks", "samples", "occupancy_integral")
 
     def __init__(self) -> None:
         self.steps = 0
@@ -108,12 +108,16 @@ class ReplicaStats:
         self.busy_s = 0.0
         self.kv_integral = 0.0  # sum of utilisation x seconds (trapezoid over each event)
         self.kv_peak_blocks = 0
+        # sum of (requests waiting + running) x seconds, for the mean requests in system
+        self.occupancy_integral = 0.0
         # (t, queued, running, kv util, preemptions so far)
         self.samples: list[tuple[float, int, int, float, int]] = []
 
     def add(self, dt: float, steps: int, seq_steps: int, flops: float, hbm_bytes: float,
-            used_before: int, used_after: int, peak: int, total: int) -> None:
-        """Account one event: ``steps`` engine steps over ``dt`` seconds."""
+            used_before: int, used_after: int, peak: int, total: int, occupancy: int) -> None:
+        """Account one event: ``steps`` engine steps over ``dt`` seconds, with ``occupancy``
+        requests waiting or running throughout."""
+        self.occupancy_integral += dt * occupancy
         self.steps += steps
         self.seq_steps += seq_steps
         self.flops += flops

@@ -82,7 +82,10 @@ class Replica:
         else:
             cutoff = min(self.last_start, now)
         while a and a[0].arrival <= cutoff:
-            s.waiting.append(a.popleft())
+            r = a.popleft()
+            s.waiting.append(r)
+            # Arrived but not yet visible to the scheduler: in the system all the same.
+            self.stats.occupancy_integral += max(now - r.arrival, 0.0)
 
     @staticmethod
     def _visible_after(run, t: float, arrival: float, m: int) -> int:
@@ -142,8 +145,9 @@ class Replica:
                 cost = rf.step(step.n_decode, step.decode_ctx, prefills,
                                step.n_decode + len(prefills))
                 self.last_start = now
+                occupancy = s.running + len(s.waiting)
                 yield env.timeout(cost.time_s)
-                self._finish_general(step, cost, len(prefills), used0, peak)
+                self._finish_general(step, cost, len(prefills), used0, peak, occupancy)
                 continue
             if inc is not None:
                 # Pre-routed: nothing outside this replica reads its state, so every decode run
@@ -192,14 +196,16 @@ class Replica:
         self.last_start = end - run.step_time(m - 1)
         self.itl.add_range(run.step_time(0), run.step_time(m - 1), run.batch * m, dur / m)
         s = self.sched
+        occupancy = run.batch + len(s.waiting)
         peak = s.advance_decode(m, end, self.done.append)
         self.stats.add(dur, m, run.batch * m, run.flops(m), run.hbm_bytes(m), used0, s.kv.used,
-                       peak, s.kv.total)
+                       peak, s.kv.total, occupancy)
 
-    def _finish_general(self, step, cost, n_prefills: int, used0: int, peak: int) -> None:
+    def _finish_general(self, step, cost, n_prefills: int, used0: int, peak: int,
+                        occupancy: int) -> None:
         s = self.sched
         if step.n_decode:
             self.itl.add(cost.time_s, step.n_decode)
         s.finish_step(step, self.env.now, self._on_token, self.done.append)
         self.stats.add(cost.time_s, 1, step.n_decode + n_prefills, cost.flops, cost.hbm_bytes,
-                       used0, s.kv.used, peak, s.kv.total)
+                       used0, s.kv.used, peak, s.kv.total, occupancy)

@@ -1,7 +1,11 @@
 """Trace formats: read a file into validated Requests, with file:line:field errors.
 
-Formats register by name and file extension; ``load_trace`` picks one by ``--trace-format`` or
-by extension. The native format is JSONL, one request per line::
+Formats register by name and file extension; ``iter_trace`` picks one by ``--trace-format`` or
+by extension (sniffing the header of CSV and JSONL files) and streams Requests, so converting or
+profiling a 10M-request trace holds one request at a time; ``load_trace`` collects them for a
+simulation. Arrivals must be sorted: an out-of-order row is an error naming its line, unless
+``sort=True`` (``--sort``), which loads the trace, sorts it and warns. The native format is
+JSONL, one request per line::
 
     {"arrival_s": 0.25, "input_tokens": 812, "output_tokens": 120,
      "request_id": "a1", "hash_ids": [3, 4], "session_id": "s9"}
@@ -18,7 +22,7 @@ from simulator.errors import InputError
 from simulator.registry import Registry
 from simulator.request import Request
 
-TraceReader = Callable[[Path], list[Request]]
+TraceReader = Callable[[Path], Iterator[Request]]
 FORMATS: Registry[TraceReader] = Registry("trace format")
 EXTENSIONS: dict[str, str] = {".jsonl": "jsonl", ".json": "jsonl"}
 
@@ -89,10 +93,8 @@ def hash_ids_field(row: dict, path: str, line: int) -> list[int] | None:
 
 
 @FORMATS.register("jsonl")
-def read_jsonl(path: Path) -> list[Request]:
+def read_jsonl(path: Path) -> Iterator[Request]:
     p = str(path)
-    out: list[Request] = []
-    last = 0.0
     for line_no, row in json_objects(path):
         t = row.get("arrival_s")
         if type(t) is not float and (type(t) is not int or isinstance(t, bool)):
@@ -104,10 +106,6 @@ def read_jsonl(path: Path) -> list[Request]:
         if not (0 <= t < math.inf):
             raise InputError(f"must be a finite number of seconds >= 0, got {t!r}",
                              file=p, line=line_no, field="arrival_s")
-        if t < last:
-            raise InputError(f"arrivals must be sorted: {t} comes after {last}",
-                             file=p, line=line_no, field="arrival_s")
-        last = t
         inp = row.get("input_tokens")
         if type(inp) is not int or not 1 <= inp <= MAX_TOKENS:
             inp = _int_field(row, "input_tokens", p, line_no)
@@ -116,9 +114,8 @@ def read_jsonl(path: Path) -> list[Request]:
             outp = _int_field(row, "output_tokens", p, line_no)
         hashes = hash_ids_field(row, p, line_no)
         sess = row.get("session_id")
-        out.append(Request(str(row.get("request_id", line_no)), float(t), inp, outp,
-                           line_no, None if sess is None else str(sess), hashes))
-    return out
+        yield Request(str(row.get("request_id", line_no)), float(t), inp, outp, line_no,
+                      None if sess is None else str(sess), hashes)
 
 
 class _open:
@@ -150,26 +147,81 @@ class _open:
         self.f.close()
 
 
-def load_trace(path: str | Path, fmt: str | None = None) -> list[Request]:
-    """Read and validate a whole trace; raise InputError on the first bad line."""
+# The field each format's arrival time comes from, for out-of-order errors.
+TIME_FIELDS: dict[str, str] = {"jsonl": "arrival_s"}
+# Extension -> sniffer(path) -> format name, for extensions several formats share.
+SNIFFERS: dict[str, Callable[[Path], str | None]] = {}
+
+
+def trace_format(path: str | Path, fmt: str | None = None) -> str:
+    """The format to read ``path`` with: ``fmt`` if given, else by extension and content."""
     p = Path(path)
     if not p.exists():
         raise InputError("trace file not found", file=str(p))
     if p.is_dir():
         raise InputError("is a directory, not a trace file", file=str(p))
-    if fmt is None:
-        fmt = EXTENSIONS.get(p.suffix.lower())
-        if fmt == "jsonl":
-            from simulator.trace_import import sniff_jsonl
+    if fmt is not None:
+        FORMATS.get(fmt)
+        return fmt
+    ext = p.suffix.lower()
+    found = SNIFFERS[ext](p) if ext in SNIFFERS else EXTENSIONS.get(ext)
+    if found is None:
+        raise InputError(f"cannot tell the trace format from extension {p.suffix!r}; "
+                         f"pass --trace-format ({', '.join(FORMATS.names())})", file=str(p))
+    return found
 
-            fmt = sniff_jsonl(p)
-        if fmt is None:
-            raise InputError(
-                f"cannot tell the trace format from extension {p.suffix!r}; "
-                f"pass --trace-format ({', '.join(FORMATS.names())})", file=str(p))
-    reqs = FORMATS.get(fmt)(p)  # registered formats include simulator.trace_import's
+
+def _reader(name: str, p: Path, drop_failed: Callable[[str], None] | None):
+    if drop_failed is None:
+        return FORMATS.get(name)(p)
+    if name != "burstgpt":
+        raise InputError(f"--drop-failed applies to BurstGPT traces, not {name}", file=str(p),
+                         field="drop-failed")
+    return FORMATS.get(name)(p, drop_failed=drop_failed)
+
+
+def iter_trace(path: str | Path, fmt: str | None = None,
+               drop_failed: Callable[[str], None] | None = None) -> Iterator[Request]:
+    """Stream a trace's requests in file order; InputError at the first bad or out-of-order
+    line, or if the trace holds no requests."""
+    p = Path(path)
+    name = trace_format(p, fmt)
+    last = -math.inf
+    n = 0
+    for r in _reader(name, p, drop_failed):
+        if r.arrival < last:
+            raise InputError(f"arrivals must be sorted: {r.arrival:g} s comes after {last:g} s "
+                             "(pass --sort to sort the trace)", file=str(p), line=r.line,
+                             field=TIME_FIELDS.get(name))
+        last = r.arrival
+        n += 1
+        yield r
+    if n == 0:
+        raise InputError("trace holds no requests", file=str(p))
+
+
+def load_trace(path: str | Path, fmt: str | None = None, sort: bool = False,
+               warn: Callable[[str], None] | None = None,
+               drop_failed: Callable[[str], None] | None = None) -> list[Request]:
+    """Read and validate a whole trace. With ``sort``, out-of-order rows are sorted by arrival
+    (stable) instead of refused, arrivals are shifted so none is negative, and ``warn`` hears
+    how many rows moved."""
+    if not sort:
+        return list(iter_trace(path, fmt, drop_failed))
+    p = Path(path)
+    name = trace_format(p, fmt)
+    reqs = list(_reader(name, p, drop_failed))
     if not reqs:
         raise InputError("trace holds no requests", file=str(p))
+    moved = sum(1 for a, b in zip(reqs, reqs[1:], strict=False) if b.arrival < a.arrival)
+    if moved:
+        reqs.sort(key=lambda r: r.arrival)
+        t0 = reqs[0].arrival
+        if t0 < 0:
+            for r in reqs:
+                r.arrival -= t0
+        if warn:
+            warn(f"{p}: {moved} request(s) arrived out of order; sorted by arrival time")
     return reqs
 
 

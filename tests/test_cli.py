@@ -112,7 +112,7 @@ GOOD = '{"arrival_s": 0, "input_tokens": 10, "output_tokens": 5}\n'
      "field 'arrival_s'"),
     ('{"arrival_s": 5, "input_tokens": 10, "output_tokens": 5}\n'
      '{"arrival_s": 1, "input_tokens": 10, "output_tokens": 5}\n',
-     "bad.jsonl:2: field 'arrival_s': arrivals must be sorted"),
+     "bad.jsonl:2: field 'arrival_s': arrivals must be sorted: 1 s comes after 5 s (pass --sort"),
     (GOOD + '{"arrival_s": 1, "input_tokens": 10, "output_tokens": 99999999999}\n',
      "field 'output_tokens'"),
     (GOOD + "[1, 2, 3]\n", "bad.jsonl:2: each line must be a JSON object"),

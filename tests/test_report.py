@@ -70,6 +70,19 @@ def test_every_simulate_run_writes_a_report_whose_numbers_are_the_summary(run_di
     assert summary["config"]["gpu_display_name"] in page
 
 
+def test_throughput_series_conserves_tokens_and_spreads_decode_evenly():
+    from simulator.report.data import reduce_rows
+
+    # One request: first token at 0, then 10 more evenly to 10 s; one single-token request.
+    _, _, tp = reduce_rows([(0.0, 0.0, 10.0, 11), (5.0, 5.0, 5.0, 1)], 0.0, 10.0)
+    w = 10.0 / 200
+    tokens = [x * w for x in tp["output_tok_s"]]
+    assert sum(tokens) == pytest.approx(12)
+    assert tokens[0] == pytest.approx(1 + 1.0 * w)  # the first token plus 1 tok/s
+    assert tokens[1] == pytest.approx(1.0 * w) and tokens[100] == pytest.approx(1 + w)
+    assert sum(x * w for x in tp["completed_req_s"]) == pytest.approx(2)
+
+
 def test_report_overlays_runs_and_scores_a_measured_run(run_dir, tmp_path):
     out = tmp_path / "cmp.html"
     p = simulate("report", str(run_dir), "--measured", str(MEASURED), "--label", "mine",

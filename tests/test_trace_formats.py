@@ -32,7 +32,7 @@ def test_azure_csv(tmp_path):
     ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.68,5,x\n",
      "field 'GeneratedTokens'"),
     ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:47,5,5\n2023-11-16 18:15:46,5,5\n",
-     "conv.csv:3: field 'TIMESTAMP': timestamps must be sorted"),
+     "conv.csv:3: field 'TIMESTAMP': arrivals must be sorted"),
     ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:47,5\n", "conv.csv:2: expected 3"),
 ])
 def test_azure_csv_errors(tmp_path, body, needle):

@@ -18,8 +18,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from simulator.errors import InputError
-from simulator.metrics import distribution, percentile
+from simulator.metrics import distribution
 
 # CDF sample levels: every 0.5%, then the tail every 0.1%.
 CDF_LEVELS = [i / 200 for i in range(199)] + [0.99 + i / 1000 for i in range(11)]
@@ -46,66 +48,69 @@ def _tpot(r: Row) -> float | None:
 
 
 def reduce_rows(rows: list[Row], start: float, end: float) -> tuple[dict, dict, dict]:
-    """CDFs, percentiles per arrival window and throughput over time, from completed requests."""
-    metrics = {
-        "ttft_s": [r[1] - r[0] for r in rows],
-        "tpot_s": [t for r in rows if (t := _tpot(r)) is not None],
-        "e2e_s": [r[2] - r[0] for r in rows],
-    }
-    cdf = {}
-    for k, vals in metrics.items():
-        vals.sort()
-        cdf[k] = [percentile(vals, q * 100) for q in CDF_LEVELS] if vals else []
+    """CDFs, percentiles per arrival window and throughput over time, from completed requests
+    (in arrival order). Vectorised: a million requests reduce in about a second."""
+    a = np.array(rows, dtype=float).reshape(-1, 4)
+    arrival, first, fin, n = a[:, 0], a[:, 1], a[:, 2], a[:, 3]
+    multi = n > 1
+    ttft, e2e = first - arrival, fin - arrival
+    tpot = (fin - first)[multi] / (n[multi] - 1)
+    levels = np.array(CDF_LEVELS) * 100
+    cdf = {k: (np.percentile(v, levels).tolist() if v.size else [])
+           for k, v in (("ttft_s", ttft), ("tpot_s", tpot), ("e2e_s", e2e))}
     span = max(end - start, 1e-9)
     # Windows by arrival time: enough requests per window for a p99 to mean something.
     nwin = max(5, min(120, len(rows) // 100))
     width = span / nwin
-    buckets: list[list[Row]] = [[] for _ in range(nwin)]
-    for r in rows:
-        buckets[min(int((r[0] - start) / width), nwin - 1)].append(r)
+    win = np.minimum(((arrival - start) / width).astype(int), nwin - 1)
     windows: dict = {"t": [start + (i + 0.5) * width for i in range(nwin)]}
-    for k in ("ttft_s", "tpot_s"):
+    for k, vals, w in (("ttft_s", ttft, win), ("tpot_s", tpot, win[multi])):
         per: dict[str, list[float | None]] = {f"p{p}": [] for p in WINDOW_PCTS}
-        for b in buckets:
-            vals = sorted(r[1] - r[0] for r in b) if k == "ttft_s" else sorted(
-                t for r in b if (t := _tpot(r)) is not None)
-            for p in WINDOW_PCTS:
-                per[f"p{p}"].append(percentile(vals, p) if vals else None)
+        order = np.argsort(w, kind="stable")
+        bounds = np.searchsorted(w[order], np.arange(nwin + 1))
+        for i in range(nwin):
+            chunk = vals[order[bounds[i]:bounds[i + 1]]]
+            qs = np.percentile(chunk, WINDOW_PCTS).tolist() if chunk.size else [None] * 3
+            for p, q in zip(WINDOW_PCTS, qs, strict=True):
+                per[f"p{p}"].append(q)
         windows[k] = per
-    return cdf, windows, _throughput(rows, start, span)
+    return cdf, windows, _throughput(first, fin, n, start, span)
 
 
-def _throughput(rows: list[Row], start: float, span: float) -> dict:
+def _throughput(first: np.ndarray, fin: np.ndarray, n: np.ndarray, start: float,
+                span: float, nb: int = 200) -> dict:
     """Output tokens/s and completions/s per time bin. A request's first token lands at its
-    first-token time; the other n-1 are spread evenly up to its finish (a decode rate)."""
-    nb = 200
+    first-token time; the other n-1 are spread evenly up to its finish (a decode rate), so
+    tokens in a bin are the integral of a sum of boxcars, evaluated at the bin edges from
+    prefix sums over the sorted start and end times."""
     w = span / nb
-    tok = [0.0] * (nb + 1)
-    done = [0] * (nb + 1)
+    edges = start + w * np.arange(nb + 1)
+    edges[-1] = np.inf  # the last bin takes everything up to the end
 
-    def idx(t: float) -> int:
-        return min(max(int((t - start) / w), 0), nb - 1)
+    def points(t: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
+        idx = np.clip(((t - start) / w).astype(int), 0, nb - 1)
+        return np.bincount(idx, weights=weight, minlength=nb)
 
-    for _a, first, fin, n in rows:
-        tok[idx(first)] += 1
-        done[idx(fin)] += 1
-        if n < 2:
-            continue
-        if fin <= first:
-            tok[idx(fin)] += n - 1
-            continue
-        rate = (n - 1) / (fin - first)
-        i, j = idx(first), idx(fin)
-        if i == j:
-            tok[i] += n - 1
-            continue
-        tok[i] += rate * (start + (i + 1) * w - first)
-        tok[j] += rate * (fin - (start + j * w))
-        for k in range(i + 1, j):  # whole bins: a long request spans few of 200 bins
-            tok[k] += rate * w
-    return {"t": [start + (i + 0.5) * w for i in range(nb)],
-            "output_tok_s": [x / w for x in tok[:nb]],
-            "completed_req_s": [x / w for x in done[:nb]]}
+    tok = points(first).astype(float)
+    spread = (n > 1) & (fin > first)
+    tok += points(fin[(n > 1) & ~spread], n[(n > 1) & ~spread] - 1)
+    rate = (n[spread] - 1) / (fin[spread] - first[spread])
+
+    def integral(times: np.ndarray) -> np.ndarray:
+        """sum over requests of rate x (edge - time)+ at every edge."""
+        o = np.argsort(times)
+        ts, rs = times[o], rate[o]
+        r_cum = np.concatenate(([0.0], np.cumsum(rs)))
+        rt_cum = np.concatenate(([0.0], np.cumsum(rs * ts)))
+        k = np.searchsorted(ts, edges[:-1], side="left")
+        return edges[:-1] * r_cum[k] - rt_cum[k]
+
+    cum = integral(first[spread]) - integral(fin[spread])  # tokens emitted before each edge
+    total = float(np.sum(n[spread] - 1))
+    tok += np.diff(np.append(cum, total))
+    done = points(fin)
+    return {"t": (edges[:-1] + w / 2).tolist(), "output_tok_s": (tok / w).tolist(),
+            "completed_req_s": (done / w).tolist()}
 
 
 def _replica_series(samples) -> dict[int, dict[str, list]]:

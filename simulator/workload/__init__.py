@@ -1,0 +1,1 @@
+"""Workloads: write, transform, synthesise and profile request traces (``simulate trace ...``)."""
