@@ -68,7 +68,10 @@ def main_command(
     max_model_len: Annotated[int | None, typer.Option()] = None,
     gpu_memory_utilization: Annotated[float, typer.Option()] = 0.9,
     block_size: Annotated[int, typer.Option()] = 16,
-    quantization: Annotated[str | None, typer.Option(help="fp8")] = None,
+    quantization: Annotated[str | None, typer.Option(
+        help="fp8 | int8 (W8A8) | awq | gptq (W4A16); default: the checkpoint's")] = None,
+    sparsity: Annotated[str | None, typer.Option(help="2:4: structured-sparse weights "
+                                                      "(Hopper)")] = None,
     kv_cache_dtype: Annotated[str, typer.Option(help="auto or fp8")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, bfloat16 or float16")] = "auto",
     router: Annotated[str, typer.Option(help=f"{' | '.join(ROUTERS.names())}")] = "round-robin",
@@ -104,6 +107,7 @@ def main_command(
             max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
             gpu_memory_utilization=gpu_memory_utilization, block_size=block_size,
             quantization=quantization, kv_cache_dtype=kv_cache_dtype, dtype=dtype,
+            sparsity=sparsity,
         )
         cfg = validated(
             SimulationConfig, gpu=gpu, model=model, engine=engine, router=router,
@@ -153,6 +157,7 @@ def explain(
     tensor_parallel_size: Annotated[int | None, typer.Option("--tensor-parallel-size", "-tp")]
     = None,
     quantization: Annotated[str | None, typer.Option()] = None,
+    sparsity: Annotated[str | None, typer.Option()] = None,
     kv_cache_dtype: Annotated[str, typer.Option()] = "auto",
     calibration: Annotated[str | None, typer.Option()] = None,
     decode: Annotated[str | None, typer.Option(help="BxCTX: B decoding sequences with CTX "
@@ -167,7 +172,7 @@ def explain(
         from simulator.deployment import resolve
 
         engine = _engine(tensor_parallel_size=tensor_parallel_size, quantization=quantization,
-                         kv_cache_dtype=kv_cache_dtype)
+                         kv_cache_dtype=kv_cache_dtype, sparsity=sparsity)
         dep = resolve(validated(SimulationConfig, gpu=gpu, model=model, engine=engine,
                                 calibration=calibration))
         n_dec, ctx = 0, 0

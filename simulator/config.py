@@ -24,7 +24,10 @@ class EngineArgs(BaseModel):
     max_model_len: int | None = Field(default=None, ge=1)
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     block_size: int = Field(default=16, ge=1)
-    quantization: Literal["fp8"] | None = None
+    quantization: Literal["fp8", "int8", "w8a8", "awq", "gptq", "awq_marlin", "gptq_marlin",
+                          "none"] | None = None
+    # Not a vLLM flag (vLLM reads it from a sparse checkpoint): "what if the weights were 2:4".
+    sparsity: Literal["2:4"] | None = None
     kv_cache_dtype: Literal["auto", "fp8"] = "auto"
     dtype: Literal["auto", "bfloat16", "float16"] = "auto"
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from simulator.config import SimulationConfig
 from simulator.cost.calibration import CalibrationProfile, error_band, measured_gpus, select_profile
-from simulator.cost.roofline import Precision, Roofline
+from simulator.cost.quantization import Precision, precision
+from simulator.cost.roofline import Roofline
 from simulator.errors import InputError
 from simulator.gpu import GIB, GPUSpec, get_gpu, parse_deployment
 from simulator.model import ModelSpec, load_model
@@ -89,22 +90,13 @@ class Deployment:
 
 
 def _precision(cfg: SimulationConfig, model: ModelSpec, gpu: GPUSpec, prov: dict) -> Precision:
-    quant = cfg.engine.quantization or (
-        "fp8" if model.checkpoint_quantization == "fp8" else None
-    )
-    kv = 1.0 if cfg.engine.kv_cache_dtype == "fp8" else 2.0
-    dtype = "fp16" if cfg.engine.dtype == "float16" else "bf16"
-    if quant == "fp8":
-        prov["quantization"] = (
-            "--quantization fp8" if cfg.engine.quantization else "checkpoint quantization_config"
-        )
-        if gpu.supports("fp8"):
-            return Precision(1.0, 2.0, kv, "fp8", dtype, f"fp8 W8A8 weights, {dtype} attention, "
-                             f"{'fp8' if kv == 1 else dtype} KV")
-        prov["quantization"] += f"; {gpu.display_name} has no FP8 tensor cores: weight-only FP8"
-        return Precision(1.0, 2.0, kv, dtype, dtype, f"fp8 weight-only, {dtype} math")
-    return Precision(2.0, 2.0, kv, dtype, dtype, f"{dtype} weights and math, "
-                     f"{'fp8' if kv == 1 else dtype} KV")
+    e = cfg.engine
+    quant = e.quantization or model.checkpoint_quantization
+    if quant:
+        prov["quantization"] = (f"--quantization {quant}" if e.quantization
+                                else "checkpoint quantization_config")
+    dtype = "fp16" if e.dtype == "float16" else "bf16"
+    return precision(quant, e.sparsity, e.kv_cache_dtype, dtype, gpu, prov)
 
 
 def _activation_reserve(model: ModelSpec, tp: int, tokens: int, seqs: int, ab: float) -> float:

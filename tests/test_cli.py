@@ -150,7 +150,7 @@ def test_non_utf8_directory_and_missing_file(tmp_path):
     (("--gpu", "l4", "--model", "llama-3.1-70b"), "does not fit on 1 x NVIDIA L4"),
     (("--gpu", "h100-3g.40gbx2", "-tp", "2"), "MIG slices have no NVLink"),
     (("--gpu", "h100", "--max-model-len", "9000000"), "do not fit in the KV cache"),
-    (("--quantization", "awq"), "quantization"),
+    (("--quantization", "nf4"), "quantization"),
 ])
 def test_bad_flags_are_one_line_errors(tmp_path, args, needle):
     t = write_trace(tmp_path / "t.jsonl", [{"arrival_s": 0, "input_tokens": 5,

@@ -17,22 +17,11 @@ import math
 from dataclasses import dataclass
 
 from simulator.cost.calibration import CalibrationProfile
+from simulator.cost.quantization import Precision
 from simulator.gpu import GPUSpec
 from simulator.model import ModelSpec
 
 INF = math.inf
-
-
-@dataclass(frozen=True)
-class Precision:
-    """What the deployment runs in: bytes per weight, activation and KV element; GEMM math dtype."""
-
-    weight_bytes: float
-    act_bytes: float
-    kv_bytes: float
-    gemm_dtype: str  # key into GPUSpec.dense_tflops
-    attn_dtype: str
-    label: str
 
 
 @dataclass(frozen=True)
@@ -68,8 +57,11 @@ class Roofline:
         self.model, self.gpu, self.tp, self.prec, self.cal = model, gpu, tp, prec, cal
         e, bw = cal.efficiency, gpu.memory_bandwidth
         m = model
-        gemm_eff = e.gemm_compute_fp8 if prec.gemm_dtype == "fp8" and e.gemm_compute_fp8 else e.gemm_compute
-        self.rc_gemm = gpu.peak_flops(prec.gemm_dtype) * gemm_eff
+        # 8-bit W8A8 GEMMs (FP8, and INT8 by assumption: the same scaled-GEMM kernel family)
+        # use the fitted 8-bit efficiency where a profile has one.
+        eight = prec.gemm_dtype in ("fp8", "int8") and e.gemm_compute_fp8
+        gemm_eff = e.gemm_compute_fp8 if eight else e.gemm_compute
+        self.rc_gemm = gpu.peak_flops(prec.gemm_dtype) * gemm_eff * prec.gemm_rate_factor
         self.moe_eff = e.moe_gemm or 1.0
         self.rc_head = gpu.peak_flops(prec.attn_dtype) * e.gemm_compute  # lm_head stays 16-bit
         self.rm_gemm = bw * e.gemm_memory

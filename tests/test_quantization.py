@@ -1,0 +1,80 @@
+"""--quantization, --sparsity and --kv-cache-dtype change a step's cost and the KV cache the way
+they change real vLLM's: bytes per weight, tensor-core rate per dtype, KV bytes per token."""
+
+from __future__ import annotations
+
+import pytest
+
+from simulator.config import SimulationConfig
+from simulator.cost.quantization import W4_BYTES, W4A16_DEQUANT
+from simulator.deployment import resolve
+from simulator.errors import InputError
+from tests.test_cli import simulate
+
+
+def dep(unit_cal: str, gpu: str = "h100", model: str = "llama-3.1-8b", **engine):
+    return resolve(SimulationConfig(gpu=gpu, model=model, calibration=unit_cal, engine=engine))
+
+
+def op(d, name: str, n_decode: int = 0, ctx: int = 0, prefill: int = 0):
+    rows = d.roofline.explain(n_decode, n_decode * ctx, [(prefill, 0)] if prefill else [],
+                              n_decode + (1 if prefill else 0))
+    return next(r for r in rows if r.name == name)
+
+
+def test_weight_bytes_per_scheme_in_a_decode_step(unit_cal):
+    bf16 = op(dep(unit_cal), "mlp", n_decode=1, ctx=100)
+    fp8 = op(dep(unit_cal, quantization="fp8"), "mlp", n_decode=1, ctx=100)
+    awq = op(dep(unit_cal, quantization="awq"), "mlp", n_decode=1, ctx=100)
+    act = 2 * (2 * 4096 + 3 * 14336)  # one token's activations through the MLP, bf16
+    assert fp8.hbm_bytes - 32 * act == pytest.approx((bf16.hbm_bytes - 32 * act) / 2)
+    assert awq.hbm_bytes - 32 * act == pytest.approx((bf16.hbm_bytes - 32 * act) * W4_BYTES / 2)
+    # Memory-bound at batch 1: time follows the bytes.
+    assert awq.time_s / bf16.time_s == pytest.approx(W4_BYTES / 2, rel=0.01)
+
+
+def test_compute_rate_per_scheme_in_a_large_prefill(unit_cal):
+    t = {q: op(dep(unit_cal, quantization=q), "mlp", prefill=8192).time_s
+         for q in (None, "fp8", "int8", "awq")}
+    assert t["fp8"] / t[None] == pytest.approx(989.4 / 1978.9)  # H100 datasheet dense rates
+    assert t["int8"] / t[None] == pytest.approx(989.4 / 1978.9)
+    assert t["awq"] / t[None] == pytest.approx(1 / W4A16_DEQUANT)  # dequant penalty, bf16 math
+
+
+def test_two_four_sparsity_doubles_the_rate_and_halves_the_weights(unit_cal):
+    dense = dep(unit_cal, quantization="fp8")
+    sparse = dep(unit_cal, quantization="fp8", sparsity="2:4")
+    assert op(sparse, "mlp", prefill=8192).time_s == pytest.approx(
+        op(dense, "mlp", prefill=8192).time_s / 2)
+    assert sparse.precision.weight_bytes == pytest.approx(0.625)  # 4 bits + 1 bit of index
+    # Layer weights (L bytes at fp8) shrink; embeddings and lm_head (E) stay 16-bit.
+    bf16 = dep(unit_cal).weight_bytes_per_gpu
+    layers = bf16 - dense.weight_bytes_per_gpu
+    embed = dense.weight_bytes_per_gpu - layers
+    assert sparse.weight_bytes_per_gpu == pytest.approx(0.625 * layers + embed)
+    with pytest.raises(InputError, match="Hopper GPUs only"):
+        dep(unit_cal, gpu="a100-80gb", quantization="int8", sparsity="2:4")
+
+
+def test_fp8_on_ampere_is_weight_only(unit_cal):
+    d = dep(unit_cal, gpu="a100-80gb", quantization="fp8")
+    assert d.precision.gemm_dtype == "bf16" and d.precision.weight_bytes == 1.0
+    assert "weight-only" in d.provenance["quantization"]
+
+
+def test_kv_dtype_and_weights_set_the_kv_capacity(unit_cal):
+    bf = dep(unit_cal)
+    fp8kv = dep(unit_cal, kv_cache_dtype="fp8")
+    assert fp8kv.kv_bytes_per_token * 2 == pytest.approx(bf.kv_bytes_per_token)
+    assert fp8kv.num_kv_blocks in (2 * bf.num_kv_blocks, 2 * bf.num_kv_blocks + 1)
+    # 4-bit weights free memory: 70B fits one H100 with AWQ; bf16 needs a TP group.
+    awq = dep(unit_cal, model="llama-3.1-70b", quantization="awq")
+    assert awq.tp == 1 and awq.num_kv_blocks > 1000
+    assert dep(unit_cal, gpu="h100x4", model="llama-3.1-70b").tp == 2
+
+
+def test_cli_names_the_scheme(tmp_path):
+    p = simulate("explain", "--gpu", "h100", "--quantization", "gptq_marlin", "--decode", "8x512")
+    assert p.returncode == 0 and "gptq W4A16" in p.stdout
+    p = simulate("explain", "--gpu", "l40s", "--quantization", "fp8", "--sparsity", "2:4")
+    assert p.returncode == 1 and "Hopper GPUs only" in p.stderr
