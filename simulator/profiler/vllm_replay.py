@@ -24,6 +24,15 @@ CPU to launch its kernels, and excluding idle time between batches. Events are r
 complete, a few steps later, so timing never adds a synchronisation. On a CPU backend there are
 no CUDA events and ``gpu_s`` is null. Request timestamps are unaffected by any of this.
 
+Prompts: a request whose trace row has ``hash_ids`` gets, for each id, a block of
+``--hash-block`` token ids drawn from a generator seeded by the id, so requests sharing ids share
+real prefix tokens (prefix-cache hits happen where the trace says they would); the rest of the
+prompt is random. ``--enable-prefix-caching``/``--no-enable-prefix-caching`` and
+``--speculative-config JSON`` pass through to vLLM. With speculative decoding a decode step
+schedules ``1 + k`` tokens for a sequence; the step record counts the draft tokens, and each
+request records its decode steps (outputs that brought new tokens) and vLLM's
+``num_cached_tokens`` (its prefix-cache hit).
+
 Writes, per trace, ``DIR/<trace stem>/``: ``requests.jsonl`` (arrival, first token, finish,
 tokens), ``steps.jsonl`` (start, end, decode count and context sum, prefill chunks) and
 ``meta.json`` (GPU as the driver names it, vLLM and torch versions, engine args, KV blocks).
@@ -119,7 +128,21 @@ def trace_seed(path: Path) -> int:
     return zlib.crc32(path.stem.encode())
 
 
-def replay(engine, rows: list[dict], vocab: int, seed: int) -> tuple[list[dict], list[dict]]:
+def prompt_ids(row: dict, rng: random.Random, vocab: int, seed: int, hash_block: int) -> list[int]:
+    """The prompt's token ids: shared blocks for its hash_ids, then its own random tokens."""
+    ids: list[int] = []
+    for h in row.get("hash_ids") or []:
+        if len(ids) >= row["input_tokens"]:
+            break
+        block = random.Random((seed << 32) ^ h)
+        ids += [block.randrange(100, vocab - 100) for _ in range(hash_block)]
+    ids = ids[:row["input_tokens"]]
+    ids += [rng.randrange(100, vocab - 100) for _ in range(row["input_tokens"] - len(ids))]
+    return ids
+
+
+def replay(engine, rows: list[dict], vocab: int, seed: int,
+           hash_block: int = 512) -> tuple[list[dict], list[dict]]:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -133,22 +156,28 @@ def replay(engine, rows: list[dict], vocab: int, seed: int) -> tuple[list[dict],
         out = orig(*args, **kwargs)
         dec_n = dec_ctx = 0
         chunks = []
+        spec = getattr(out, "scheduled_spec_decode_tokens", None) or {}
+        n_spec = 0
         for rid, n in out.num_scheduled_tokens.items():
             req = sched.requests[rid]
             before = req.num_computed_tokens - n
-            if before >= req.num_prompt_tokens and n == 1:
+            drafts = len(spec.get(rid, ()))
+            if before >= req.num_prompt_tokens and n == 1 + drafts:
                 dec_n += 1
                 dec_ctx += before
+                n_spec += drafts
             else:
                 chunks.append([n, before])
-        steps.append({"n_decode": dec_n, "decode_ctx": dec_ctx, "prefill": chunks, "gpu_s": None})
+        steps.append({"n_decode": dec_n, "decode_ctx": dec_ctx, "prefill": chunks,
+                      "spec_tokens": n_spec, "gpu_s": None})
         return out
 
     sched.schedule = schedule
     timer = BatchTimer(core, steps)
     recs = {str(i): {"request_id": r.get("request_id", str(i)), "arrival_s": r["arrival_s"],
                      "input_tokens": r["input_tokens"], "output_tokens": r["output_tokens"],
-                     "first_token_s": None, "finish_s": None, "generated": 0}
+                     "first_token_s": None, "finish_s": None, "generated": 0,
+                     "decode_steps": 0, "cached_tokens": None}
             for i, r in enumerate(rows)}
     i, n = 0, len(rows)
     start = time.perf_counter()
@@ -157,7 +186,7 @@ def replay(engine, rows: list[dict], vocab: int, seed: int) -> tuple[list[dict],
             now = time.perf_counter() - start
             while i < n and rows[i]["arrival_s"] <= now:
                 r = rows[i]
-                ids = [rng.randrange(100, vocab - 100) for _ in range(r["input_tokens"])]
+                ids = prompt_ids(r, rng, vocab, seed, hash_block)
                 engine.add_request(str(i), TokensPrompt(prompt_token_ids=ids), SamplingParams(
                     max_tokens=r["output_tokens"], min_tokens=r["output_tokens"],
                     ignore_eos=True, detokenize=False))
@@ -177,6 +206,9 @@ def replay(engine, rows: list[dict], vocab: int, seed: int) -> tuple[list[dict],
                 got = len(o.outputs[0].token_ids) if o.outputs else 0
                 if got and rec["first_token_s"] is None:
                     rec["first_token_s"] = t1
+                    rec["cached_tokens"] = getattr(o, "num_cached_tokens", None)
+                elif got > rec["generated"]:
+                    rec["decode_steps"] += 1
                 rec["generated"] = max(rec["generated"], got)
                 if o.finished:
                     rec["finish_s"] = t1
@@ -199,6 +231,11 @@ def main() -> None:
     ap.add_argument("--kv-cache-dtype", default="auto")
     ap.add_argument("--tensor-parallel-size", type=int, default=1)
     ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
+                    default=None, help="default: vLLM's (on in v1)")
+    ap.add_argument("--speculative-config", type=json.loads, default=None,
+                    help='JSON, e.g. {"method": "ngram", "num_speculative_tokens": 4}')
+    ap.add_argument("--hash-block", type=int, default=512, help="tokens per trace hash id")
     a = ap.parse_args()
 
     import torch
@@ -211,6 +248,13 @@ def main() -> None:
               quantization=a.quantization, kv_cache_dtype=a.kv_cache_dtype,
               tensor_parallel_size=a.tensor_parallel_size, enforce_eager=a.enforce_eager,
               seed=0)
+    if a.enable_prefix_caching is not None:
+        kw["enable_prefix_caching"] = a.enable_prefix_caching
+    if a.speculative_config is not None:
+        spec = dict(a.speculative_config)
+        if "model" in spec and not Path(spec["model"]).is_dir() and spec["model"] != "ngram":
+            spec["model"] = model_dir(spec["model"])  # a shipped config, random weights too
+        kw["speculative_config"] = spec
     t = time.perf_counter()
     engine = LLMEngine.from_engine_args(EngineArgs(**kw))
     startup = time.perf_counter() - t
@@ -224,7 +268,7 @@ def main() -> None:
         # Warm-up outside the timed replay: one short request.
         replay(engine, [{"arrival_s": 0, "input_tokens": 64, "output_tokens": 8}], vocab, 1)
         t = time.perf_counter()
-        reqs, steps = replay(engine, rows, vocab, trace_seed(path))
+        reqs, steps = replay(engine, rows, vocab, trace_seed(path), a.hash_block)
         wall = time.perf_counter() - t
         out = a.out / path.stem
         out.mkdir(parents=True, exist_ok=True)
@@ -234,12 +278,15 @@ def main() -> None:
             "gpu": gpu, "vllm": vllm.__version__, "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d"), "model": a.model, "trace": path.name,
             "engine_args": {k: v for k, v in kw.items() if k != "model"},
+            "speculative_config": a.speculative_config,
             "num_gpu_blocks": cfg.cache_config.num_gpu_blocks,
             "block_size": cfg.cache_config.block_size, "startup_s": startup,
             # With async scheduling, wall-clock step times blur neighbouring batches; each
             # batch's own device time is gpu_s (CUDA events, see the module docstring).
             "async_scheduling": getattr(cfg.scheduler_config, "async_scheduling", None),
             "step_timing": "cuda-events" if torch.cuda.is_available() else "wall-clock only",
+            "enable_prefix_caching": cfg.cache_config.enable_prefix_caching,
+            "hash_block": a.hash_block,
             "replay_wall_s": wall, "command": " ".join(sys.argv),
         }
         (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
