@@ -49,6 +49,15 @@ def _warn(msg: str) -> None:
     err.print(f"warning: {msg}", markup=False, highlight=False, soft_wrap=True)
 
 
+def _json_flag(text: str | None, name: str) -> object:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"not valid JSON ({e.msg} at column {e.colno})", field=name) from None
+
+
 def _engine(**kw: object) -> EngineArgs:
     return validated(EngineArgs, **kw)  # type: ignore[return-value]
 
@@ -72,6 +81,9 @@ def main_command(
         help="fp8 | int8 (W8A8) | awq | gptq (W4A16); default: the checkpoint's")] = None,
     sparsity: Annotated[str | None, typer.Option(help="2:4: structured-sparse weights "
                                                       "(Hopper)")] = None,
+    speculative_config: Annotated[str | None, typer.Option(
+        help='JSON as vllm serve takes it, plus the acceptance: {"method": "eagle", '
+             '"num_speculative_tokens": 4, "acceptance_rate": 0.7}')] = None,
     kv_cache_dtype: Annotated[str, typer.Option(help="auto or fp8")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, bfloat16 or float16")] = "auto",
     router: Annotated[str, typer.Option(help=f"{' | '.join(ROUTERS.names())}")] = "round-robin",
@@ -107,7 +119,8 @@ def main_command(
             max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
             gpu_memory_utilization=gpu_memory_utilization, block_size=block_size,
             quantization=quantization, kv_cache_dtype=kv_cache_dtype, dtype=dtype,
-            sparsity=sparsity,
+            sparsity=sparsity, speculative_config=_json_flag(speculative_config,
+                                                             "speculative-config"),
         )
         cfg = validated(
             SimulationConfig, gpu=gpu, model=model, engine=engine, router=router,
@@ -122,6 +135,10 @@ def main_command(
         if rate_scale != 1.0:
             for r in requests:
                 r.arrival /= rate_scale
+        if cfg.engine.speculative_config is not None:
+            from simulator.run import fresh
+
+            baseline = fresh(requests)  # the same trace without speculation, for the speed-up
         t0 = time.perf_counter()
         if quiet:
             result = run_simulation(cfg, requests, deployment=dep)
@@ -132,6 +149,10 @@ def main_command(
                 task = bar.add_task("sim", total=len(requests))
                 result = run_simulation(cfg, requests,
                                         lambda i, n: bar.update(task, completed=i), dep)
+        if cfg.engine.speculative_config is not None:
+            from simulator.run import speculative_summary
+
+            result.summary["speculative"] = speculative_summary(cfg, dep, baseline, result.summary)
         wall = time.perf_counter() - t0
         out_dir = output_dir or Path("runs") / f"{trace.stem}-{gpu}"
         written = write_outputs(result, out_dir)
@@ -158,6 +179,7 @@ def explain(
     = None,
     quantization: Annotated[str | None, typer.Option()] = None,
     sparsity: Annotated[str | None, typer.Option()] = None,
+    speculative_config: Annotated[str | None, typer.Option()] = None,
     kv_cache_dtype: Annotated[str, typer.Option()] = "auto",
     calibration: Annotated[str | None, typer.Option()] = None,
     decode: Annotated[str | None, typer.Option(help="BxCTX: B decoding sequences with CTX "
@@ -172,7 +194,8 @@ def explain(
         from simulator.deployment import resolve
 
         engine = _engine(tensor_parallel_size=tensor_parallel_size, quantization=quantization,
-                         kv_cache_dtype=kv_cache_dtype, sparsity=sparsity)
+                         kv_cache_dtype=kv_cache_dtype, sparsity=sparsity,
+                         speculative_config=_json_flag(speculative_config, "speculative-config"))
         dep = resolve(validated(SimulationConfig, gpu=gpu, model=model, engine=engine,
                                 calibration=calibration))
         n_dec, ctx = 0, 0

@@ -14,6 +14,46 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from simulator.errors import InputError
 
 
+class SpeculativeConfig(BaseModel):
+    """vLLM's ``--speculative-config`` JSON, plus how often drafts are accepted.
+
+    Acceptance is given as ``acceptance_rate``: one probability per drafted token, or a list of
+    per-position conditional probabilities (position i is accepted given 1..i-1 were), or as
+    vLLM's own ``synthetic_acceptance_length`` (mean tokens per step, bonus token included).
+    A trace may override the rate per request (``acceptance_rate`` field). Other vLLM keys
+    (``prompt_lookup_max``, ``rejection_sample_method``, ...) are accepted and ignored.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    method: Literal["ngram", "eagle", "eagle3", "mtp", "draft_model"] | None = None
+    model: str | None = None
+    num_speculative_tokens: int = Field(ge=1, le=32)
+    acceptance_rate: float | list[float] | None = None
+    synthetic_acceptance_length: float | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SpeculativeConfig:
+        if self.method is None:
+            self.method = "ngram" if self.model in (None, "ngram", "[ngram]") else "draft_model"
+        if self.method == "draft_model" and not self.model:
+            raise ValueError("a draft_model speculative config needs 'model' (the draft)")
+        rates = self.acceptance_rate
+        if isinstance(rates, list) and len(rates) != self.num_speculative_tokens:
+            raise ValueError(f"acceptance_rate has {len(rates)} entries for "
+                             f"{self.num_speculative_tokens} speculative tokens")
+        if rates is not None and not all(0 <= a <= 1 for a in (
+                rates if isinstance(rates, list) else [rates])):
+            raise ValueError("acceptance rates must be within [0, 1]")
+        length = self.synthetic_acceptance_length
+        if length is not None and not 1 <= length <= self.num_speculative_tokens + 1:
+            raise ValueError(f"synthetic_acceptance_length must be within [1, "
+                             f"{self.num_speculative_tokens + 1}]")
+        if rates is None and length is None:
+            raise ValueError("say how often drafts are accepted: acceptance_rate (0..1) or "
+                             "synthetic_acceptance_length")
+        return self
+
+
 class EngineArgs(BaseModel):
     """vLLM engine arguments (``vllm serve`` flags). ``None`` means "vLLM's default"."""
 
@@ -28,6 +68,7 @@ class EngineArgs(BaseModel):
                           "none"] | None = None
     # Not a vLLM flag (vLLM reads it from a sparse checkpoint): "what if the weights were 2:4".
     sparsity: Literal["2:4"] | None = None
+    speculative_config: SpeculativeConfig | None = None
     kv_cache_dtype: Literal["auto", "fp8"] = "auto"
     dtype: Literal["auto", "bfloat16", "float16"] = "auto"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from simulator.config import SimulationConfig
+from simulator.cost import speculative
 from simulator.cost.calibration import CalibrationProfile, error_band, measured_gpus, select_profile
 from simulator.cost.quantization import Precision, precision
 from simulator.cost.roofline import Roofline
@@ -46,6 +47,13 @@ class Deployment:
     warnings: list[str] = field(default_factory=list)
 
     @property
+    def async_scheduling(self) -> bool:
+        """vLLM 0.25 turns async scheduling off for draft-model and n-gram speculation
+        (``VllmConfig.__post_init__``); EAGLE/MTP keep it."""
+        sp = self.roofline.spec
+        return sp is None or sp.method not in ("ngram", "draft_model")
+
+    @property
     def kv_capacity_tokens(self) -> int:
         return self.num_kv_blocks * self.block_size
 
@@ -68,6 +76,8 @@ class Deployment:
             "block_size": self.block_size,
             "gpu_memory_utilization": self.gpu_memory_utilization,
             "precision": self.precision.label,
+            "speculative_decoding": self.roofline.spec.label() if self.roofline.spec else None,
+            "async_scheduling": self.async_scheduling,
             "weight_bytes_per_gpu": self.weight_bytes_per_gpu,
             "activation_reserve_bytes": self.activation_reserve_bytes,
             "kv_cache_blocks_per_replica": self.num_kv_blocks,
@@ -170,10 +180,17 @@ def resolve(cfg: SimulationConfig) -> Deployment:
 
     def budget(tp: int) -> tuple[float, float, Roofline]:
         rf = Roofline(model, gpu, tp, prec, cal)
+        rf.spec = speculative.build(e.speculative_config, model,
+                                    lambda m: Roofline(m, gpu, tp, prec, cal))
+        if rf.spec is not None:
+            rf.q = rf.spec.k + 1
         act = _activation_reserve(model, tp, tokens, seqs, prec.act_bytes)
-        avail = (gpu.usable_memory_bytes * e.gpu_memory_utilization - rf.weight_bytes_per_gpu()
+        avail = (gpu.usable_memory_bytes * e.gpu_memory_utilization - weights(rf)
                  - act - cal.memory.nontorch_gib * GIB)
         return avail, act, rf
+
+    def weights(rf: Roofline) -> float:
+        return rf.weight_bytes_per_gpu() + (rf.spec.weight_bytes_per_gpu() if rf.spec else 0.0)
 
     if e.tensor_parallel_size:
         tp = e.tensor_parallel_size
@@ -213,7 +230,8 @@ def resolve(cfg: SimulationConfig) -> Deployment:
             f"(weights {rf.weight_bytes_per_gpu() / GIB:.1f} GiB per GPU)",
             field="tensor-parallel-size",
         )
-    kv_token = rf.kv_bytes_token_layer * model.num_layers
+    kv_token = rf.kv_bytes_token_layer * model.num_layers + (
+        rf.spec.kv_bytes_per_token() if rf.spec else 0.0)
     blocks = int(avail // (kv_token * e.block_size))
     cap = blocks * e.block_size
     if e.max_model_len:
@@ -246,7 +264,7 @@ def resolve(cfg: SimulationConfig) -> Deployment:
         calibration=cal, roofline=rf, max_num_seqs=seqs, max_num_batched_tokens=tokens,
         max_model_len=max_len, block_size=e.block_size,
         gpu_memory_utilization=e.gpu_memory_utilization, num_kv_blocks=blocks,
-        kv_bytes_per_token=kv_token, weight_bytes_per_gpu=rf.weight_bytes_per_gpu(),
+        kv_bytes_per_token=kv_token, weight_bytes_per_gpu=weights(rf),
         activation_reserve_bytes=act, gpu_cost_per_hour=cost, router=cfg.router,
         error_band=band, provenance=prov, warnings=warnings,
     )

@@ -5,6 +5,12 @@ on the step where its token count crosses a block boundary. Instead of walking e
 decoding sequences are counted in ``block_size`` buckets keyed by ``(tokens - step) mod
 block_size``, a key that does not change as they decode: the number of new blocks any run of
 steps needs is then a sum over at most ``block_size`` buckets.
+
+With speculative decoding a sequence gains E tokens a step on average, so it fills a block every
+``steps_per_block = round(block_size / E)`` steps: decoders are then bucketed in step units
+(a sequence's offset into its current block, scaled to steps), and a decoder holds
+``blocks_for(prompt) + (block boundaries crossed in step units)``, which :meth:`held` gives and
+allocation and release both use, so the count never drifts.
 """
 
 from __future__ import annotations
@@ -15,19 +21,29 @@ def blocks_for(tokens: int, block_size: int) -> int:
 
 
 class KVCache:
-    def __init__(self, num_blocks: int, block_size: int) -> None:
+    def __init__(self, num_blocks: int, block_size: int, steps_per_block: int | None = None) -> None:
         self.total = num_blocks
         self.bs = block_size
+        self.spb = steps_per_block or block_size  # decode steps that fill one block
         self.used = 0
-        self.buckets = [0] * block_size
+        self.buckets = [0] * self.spb
         self.decoding = 0
 
     @property
     def free(self) -> int:
         return self.total - self.used
 
-    def key(self, tokens: int, step: int) -> int:
-        return (tokens - step) % self.bs
+    def offset(self, tokens: int) -> int:
+        """A decoder's position in its current block, in step units."""
+        return (tokens % self.bs) * self.spb // self.bs
+
+    def key(self, v0: int, step: int) -> int:
+        return (v0 - step) % self.spb
+
+    def held(self, prompt_tokens: int, v0: int, steps: int) -> int:
+        """Blocks a decoder holds after ``steps`` decode steps (what the buckets allocated)."""
+        s = self.spb
+        return blocks_for(prompt_tokens, self.bs) + blocks_for(v0 + steps, s) - blocks_for(v0, s)
 
     def add_decoder(self, key: int) -> None:
         self.buckets[key] += 1
@@ -39,7 +55,7 @@ class KVCache:
 
     def new_blocks(self, step: int, m: int) -> int:
         """Blocks the decoding sequences allocate over steps ``step .. step+m-1``."""
-        bs, b = self.bs, self.buckets
+        bs, b = self.spb, self.buckets
         if m == 1:
             return b[-step % bs]
         full, rest = divmod(m, bs)
@@ -52,7 +68,7 @@ class KVCache:
         """Most decode steps (<= m_max) whose block allocations fit in the free blocks."""
         if self.decoding == 0:
             return m_max
-        bs, b, free = self.bs, self.buckets, self.free
+        bs, b, free = self.spb, self.buckets, self.free
         cycles = free // self.decoding  # each bs steps allocate one block per sequence
         m = cycles * bs
         if m >= m_max:

@@ -34,11 +34,12 @@ class Replica:
     def __init__(self, env: simpy.Environment, index: int, roofline: Roofline, num_blocks: int,
                  block_size: int, max_num_seqs: int, max_num_batched_tokens: int,
                  itl: LogHistogram, done: list[Request], sample_every: float,
-                 incoming: list[Request] | None = None) -> None:
+                 incoming: list[Request] | None = None, async_scheduling: bool = True) -> None:
         self.env = env
         self.index = index
         self.rf = roofline
-        self.sched = Scheduler(num_blocks, block_size, max_num_seqs, max_num_batched_tokens)
+        self.sched = Scheduler(num_blocks, block_size, max_num_seqs, max_num_batched_tokens,
+                               roofline.spec.tokens_per_step if roofline.spec else None)
         self.itl = itl
         self.done = done
         self.stats = ReplicaStats()
@@ -54,6 +55,9 @@ class Replica:
         # Arrived (or pre-routed) requests the scheduler cannot see yet, in arrival order.
         self.arrivals: deque[Request] = self.incoming if self.incoming is not None else deque()
         self.last_start = 0.0  # start of the step that ended at the current boundary
+        # vLLM's async scheduling forms batch k+1 while batch k runs: an arrival during batch k
+        # waits for batch k+2. Without it (draft-model and n-gram speculation) it joins k+1.
+        self.async_sched = async_scheduling
         self.proc = env.process(self._run())
 
     # --- called by a live router ---------------------------------------------------------------
@@ -80,23 +84,23 @@ class Replica:
             # have all arrived; their float arrival may exceed env.now by an ulp).
             cutoff = now if self.incoming is not None else float("inf")
         else:
-            cutoff = min(self.last_start, now)
+            cutoff = min(self.last_start, now) if self.async_sched else now
         while a and a[0].arrival <= cutoff:
             r = a.popleft()
             s.waiting.append(r)
             # Arrived but not yet visible to the scheduler: in the system all the same.
             self.stats.occupancy_integral += max(now - r.arrival, 0.0)
 
-    @staticmethod
-    def _visible_after(run, t: float, arrival: float, m: int) -> int:
+    def _visible_after(self, run, t: float, arrival: float, m: int) -> int:
         """Steps of a run starting at ``t`` after which a request arriving at ``arrival`` is
-        visible: through the first step that starts at or after the arrival."""
+        visible: through the first step that starts at or after the arrival (async
+        scheduling), or through the step it arrives in (synchronous)."""
         if arrival <= t:
             return min(1, m)
         k = run.steps_done_by(arrival - t, m)
         if run.duration(k) < arrival - t:
             k += 1
-        return min(k + 1, m)
+        return min(k + 1, m) if self.async_sched else min(max(k, 1), m)
 
     # --- callbacks from the scheduler ----------------------------------------------------------
     def _on_token(self, r: Request, now: float) -> None:
@@ -156,7 +160,7 @@ class Replica:
                 continue
             # Live routing: one run, up to m steps; an admissible arrival cuts it short.
             batch = len(s.decoding)
-            run = rf.decode_run(batch, s.ctx_sum)
+            run = rf.decode_run(batch, s.ctx_sum, s.rate_sum)
             if self.arrivals and not s.waiting:
                 m = self._visible_after(run, now, self.arrivals[0].arrival, m)
             dur = run.duration(m)
@@ -177,7 +181,7 @@ class Replica:
         t = now
         while True:
             used0 = s.kv.used
-            run = rf.decode_run(len(s.decoding), s.ctx_sum)
+            run = rf.decode_run(len(s.decoding), s.ctx_sum, s.rate_sum)
             dur = run.duration(m)
             cut = bool(inc) and not s.waiting and t + dur > inc[0].arrival
             if cut:

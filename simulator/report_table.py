@@ -48,6 +48,11 @@ def summary_table(s: dict) -> Group:
                  f"${s['cost_per_hour_usd']:.2f}/h; "
                  + ("-" if cpm is None else f"${cpm:.3f} per 1M output tokens")),
         ("simulated span", f"{s['duration_s']:,.1f} s"),
+        *([("speculative", (lambda sp: f"{sp['method']} k={sp['num_speculative_tokens']}, mean "
+                                       f"accepted length {sp['mean_accepted_length']:.2f}; TPOT "
+                                       f"p50 x{sp['speedup_tpot_s_p50']:.2f}, E2E p50 "
+                                       f"x{sp['speedup_e2e_s_p50']:.2f} vs no speculation")
+           (s["speculative"]))] if s.get("speculative") else []),
     ):
         facts.add_row(k, v)
     return Group(lat, facts)

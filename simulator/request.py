@@ -17,7 +17,7 @@ class Request:
         "replica", "first_token_t", "finish_t", "preemptions", "rejected",
         # scheduler bookkeeping
         "state", "prompt_len", "computed", "blocks", "gen", "join_step", "key", "heap_token",
-        "last_token_t",
+        "last_token_t", "accept", "rate", "v0",
     )
 
     def __init__(
@@ -29,6 +29,7 @@ class Request:
         line: int = 0,
         session_id: str | None = None,
         hash_ids: list[int] | None = None,
+        accept: float | None = None,
     ) -> None:
         self.rid = rid
         self.arrival = arrival
@@ -53,6 +54,11 @@ class Request:
         self.key = 0
         self.heap_token = 0
         self.last_token_t = 0.0
+        # Speculative decoding: this request's acceptance rate (None: the config's), the tokens
+        # it gains per decode step, and its KV offset in step units (see kv_cache.py).
+        self.accept = accept
+        self.rate = 1.0
+        self.v0 = 0
 
     @property
     def ttft(self) -> float | None:

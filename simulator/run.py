@@ -80,7 +80,7 @@ def run_simulation(cfg: SimulationConfig, requests: list[Request],
     replicas = [
         Replica(env, i, dep.roofline, dep.num_kv_blocks, dep.block_size, dep.max_num_seqs,
                 dep.max_num_batched_tokens, itl, done, sample_every,
-                None if per_replica is None else per_replica[i])
+                None if per_replica is None else per_replica[i], dep.async_scheduling)
         for i in range(dep.replicas)
     ]
     if plan is None:
@@ -99,6 +99,35 @@ def run_simulation(cfg: SimulationConfig, requests: list[Request],
               for (t, q, run, kv, pre) in rep.stats.samples]
     series.sort()
     return SimulationResult(dep, requests, summary, series)
+
+
+def fresh(requests: list[Request]) -> list[Request]:
+    """Unsimulated copies (a run writes its outcome into its Request objects)."""
+    return [Request(r.rid, r.arrival, r.input_tokens, r.output_tokens, r.line, r.session_id,
+                    r.hash_ids, r.accept) for r in requests]
+
+
+def speculative_summary(cfg: SimulationConfig, dep: Deployment, requests: list[Request],
+                        summary: dict) -> dict | None:
+    """With speculative decoding: the mean accepted length, and the speed-up against the same
+    deployment and trace without it (a second simulation)."""
+    sp = dep.roofline.spec
+    if sp is None:
+        return None
+    base_cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(
+        update={"speculative_config": None})})
+    base = run_simulation(base_cfg, fresh(requests)).summary
+    rates = [sp.tokens_per_step(r.accept) for r in requests if r.accept is not None]
+    out = {"method": sp.method, "num_speculative_tokens": sp.k,
+           "mean_accepted_length": sp.tokens_per_step(),
+           "per_request_rates": len(rates)}
+    for key in ("tpot_s", "e2e_s", "ttft_s"):
+        b, s = base[key]["p50"], summary[key]["p50"]
+        out[f"baseline_{key}_p50"] = b
+        out[f"speedup_{key}_p50"] = b / s if b and s else None
+    out["speedup_output_throughput"] = (summary["output_throughput"] / base["output_throughput"]
+                                        if base["output_throughput"] else None)
+    return out
 
 
 def summarize(cfg: SimulationConfig, dep: Deployment, requests: list[Request],

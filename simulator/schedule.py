@@ -10,13 +10,17 @@ not fit.
 
 Decoding requests are never walked one by one: their contexts and block needs live in
 aggregates (:class:`~simulator.kv_cache.KVCache`, ``ctx_sum``) and their completions in a heap
-keyed by the step at which they finish.
+keyed by the step at which they finish. With speculative decoding a request gains ``r.rate``
+tokens per step (its mean accepted length): it finishes after ``ceil(remaining / rate)`` steps
+and the summed context grows by ``rate_sum`` per step.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
+from collections.abc import Callable
 
 from simulator.kv_cache import KVCache, blocks_for
 from simulator.request import DECODE, DONE, PREFILL, QUEUED, Request
@@ -35,15 +39,20 @@ class Step:
 
 class Scheduler:
     def __init__(self, num_blocks: int, block_size: int, max_num_seqs: int,
-                 max_num_batched_tokens: int) -> None:
-        self.kv = KVCache(num_blocks, block_size)
+                 max_num_batched_tokens: int,
+                 tokens_per_step: Callable[[float | None], float] | None = None) -> None:
+        # Speculative decoding: tokens a request gains per step, from its acceptance rate.
+        self.rate_of = tokens_per_step
+        mean = tokens_per_step(None) if tokens_per_step else 1.0
+        self.kv = KVCache(num_blocks, block_size, max(1, round(block_size / mean)))
         self.max_seqs = max_num_seqs
         self.max_tokens = max_num_batched_tokens
         self.waiting: deque[Request] = deque()
         self.prefilling: list[Request] = []
         self.decoding: dict[int, Request] = {}  # insertion order = order they began decoding
         self.heap: list[tuple[int, int, Request]] = []  # (finish step, token, request)
-        self.ctx_sum = 0  # tokens in the KV cache, summed over decoding requests
+        self.ctx_sum = 0.0  # tokens in the KV cache, summed over decoding requests
+        self.rate_sum = 0.0  # tokens the decoding requests gain per step, summed
         self.step_no = 0  # engine steps run so far; a decoding request gains one token per step
         self._token = 0
         self.preemptions = 0
@@ -59,9 +68,12 @@ class Scheduler:
     def load(self) -> int:
         return len(self.waiting) + self.running
 
-    def _tokens_of(self, r: Request) -> int:
-        """Tokens in KV of a decoding request now."""
-        return r.prompt_len + (self.step_no - r.join_step)
+    def _ctx_of(self, r: Request) -> float:
+        """Tokens in KV of a decoding request now (its mean, when speculating)."""
+        return r.prompt_len + (self.step_no - r.join_step) * r.rate
+
+    def _blocks_of(self, r: Request) -> int:
+        return self.kv.held(r.prompt_len, r.v0, self.step_no - r.join_step)
 
     def can_admit_head(self, head: Request | None = None) -> bool:
         """Would the next general step admit the head of the queue, or ``head`` if it were at
@@ -91,13 +103,14 @@ class Scheduler:
             r = self.prefilling.pop()
         else:
             _, r = self.decoding.popitem()
-            c = self._tokens_of(r)
-            r.gen += self.step_no - r.join_step
+            steps = self.step_no - r.join_step
             self.kv.remove_decoder(r.key)
-            self.ctx_sum -= c
+            self.ctx_sum -= self._ctx_of(r)
+            self.rate_sum -= r.rate
+            r.blocks = self._blocks_of(r)
+            r.gen = min(r.gen + int(steps * r.rate), r.output_tokens - 1)
             r.prompt_len = r.input_tokens + r.gen  # recompute prompt and generated tokens
             r.last_token_t = now
-            r.blocks = blocks_for(c, self.kv.bs)
         self.kv.used -= r.blocks
         r.blocks = 0
         r.computed = 0
@@ -154,7 +167,7 @@ class Scheduler:
     def finish_step(self, step: Step, now: float, on_token, on_done) -> None:
         """Apply a general step that ended at ``now``."""
         self.step_no += 1
-        self.ctx_sum += step.n_decode
+        self.ctx_sum += self.rate_sum
         for r, n in step.chunks:
             if r.state != PREFILL:
                 continue
@@ -165,17 +178,22 @@ class Scheduler:
             on_token(r, now)
             r.gen += 1
             if r.gen >= r.output_tokens:
-                self._done(r, now, r.prompt_len, on_done)
+                self._done(r, now, r.blocks, on_done)
                 continue
             r.state = DECODE
             r.join_step = self.step_no
-            r.key = self.kv.key(r.prompt_len, self.step_no)
+            r.rate = self.rate_of(r.accept) if self.rate_of else 1.0
+            r.v0 = self.kv.offset(r.prompt_len)
+            r.key = self.kv.key(r.v0, self.step_no)
             self.kv.add_decoder(r.key)
             self.ctx_sum += r.prompt_len
+            self.rate_sum += r.rate
             self.decoding[id(r)] = r
             self._token += 1
             r.heap_token = self._token
-            heapq.heappush(self.heap, (self.step_no + r.output_tokens - r.gen, self._token, r))
+            left = r.output_tokens - r.gen
+            steps = left if r.rate == 1.0 else math.ceil(left / r.rate - 1e-9)
+            heapq.heappush(self.heap, (self.step_no + steps, self._token, r))
         self._complete_due(now, on_done)
 
     # --- decode runs ---------------------------------------------------------------------------
@@ -194,7 +212,7 @@ class Scheduler:
         kv = self.kv
         kv.used += kv.new_blocks(self.step_no, m)
         peak = kv.used
-        self.ctx_sum += len(self.decoding) * m
+        self.ctx_sum += self.rate_sum * m
         self.step_no += m
         self._complete_due(now, on_done)
         return peak
@@ -205,15 +223,15 @@ class Scheduler:
             _, tok, r = heapq.heappop(h)
             if r.heap_token != tok:
                 continue
-            c = self._tokens_of(r)
             del self.decoding[id(r)]
             self.kv.remove_decoder(r.key)
-            self.ctx_sum -= c
+            self.ctx_sum -= self._ctx_of(r)
+            self.rate_sum -= r.rate
             r.gen = r.output_tokens
-            self._done(r, now, c, on_done)
+            self._done(r, now, self._blocks_of(r), on_done)
 
-    def _done(self, r: Request, now: float, tokens: int, on_done) -> None:
-        self.kv.used -= r.blocks if r.state == PREFILL else blocks_for(tokens, self.kv.bs)
+    def _done(self, r: Request, now: float, blocks: int, on_done) -> None:
+        self.kv.used -= blocks
         r.blocks = 0
         r.state = DONE
         r.finish_t = now

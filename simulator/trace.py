@@ -114,8 +114,13 @@ def read_jsonl(path: Path) -> Iterator[Request]:
             outp = _int_field(row, "output_tokens", p, line_no)
         hashes = hash_ids_field(row, p, line_no)
         sess = row.get("session_id")
+        acc = row.get("acceptance_rate")
+        if acc is not None and (type(acc) not in (int, float) or not 0 <= acc <= 1):
+            raise InputError(f"must be a number within [0, 1], got {acc!r}", file=p,
+                             line=line_no, field="acceptance_rate")
         yield Request(str(row.get("request_id", line_no)), float(t), inp, outp, line_no,
-                      None if sess is None else str(sess), hashes)
+                      None if sess is None else str(sess), hashes,
+                      None if acc is None else float(acc))
 
 
 class _open:

@@ -52,6 +52,7 @@ def load_run(run_dir: Path) -> tuple[SimulationConfig, list[Request], list[dict]
         max_num_seqs=ea["max_num_seqs"], max_num_batched_tokens=ea["max_num_batched_tokens"],
         max_model_len=ea["max_model_len"], gpu_memory_utilization=ea["gpu_memory_utilization"],
         quantization=ea.get("quantization"), kv_cache_dtype=ea.get("kv_cache_dtype", "auto"),
+        speculative_config=meta.get("speculative_config"),
     )
     cfg = SimulationConfig(gpu=f"{gpu}x{engine.tensor_parallel_size}", model=meta["model"],
                            engine=engine)

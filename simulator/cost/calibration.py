@@ -41,6 +41,9 @@ class Overhead(BaseModel):
     # Extra cost of a step that holds any prefill: vLLM runs such mixed batches with piecewise
     # CUDA graphs (attention launched eagerly, layer by layer) instead of one full graph.
     prefill_step_s: float = Field(default=0.0, ge=0)
+    # Speculative decoding: fixed cost per draft layer per draft pass (vLLM runs a draft
+    # model's k passes layer by layer, launch-bound at small batch).
+    draft_layer_pass_s: float = Field(default=0.0, ge=0)
 
 
 class MemoryModel(BaseModel):

@@ -106,6 +106,10 @@ class Roofline:
         self.head_params = m.hidden * m.vocab / tp
         self.elem_bytes_token = ab * 6 * m.hidden  # 2 norms + residual in/out per layer
         self.overhead = cal.overhead
+        # Speculative decoding (set by the deployment): q = k+1 positions verified per decoding
+        # sequence per step, and the draft's own cost.
+        self.spec = None
+        self.q = 1
         self._k_cache: dict[int, tuple[float, float, float]] = {}
         self._layer_cache: dict[int, tuple[float, float, float]] = {}
 
@@ -173,9 +177,10 @@ class Roofline:
                         kv_read * self.kv_bytes_token_layer + n_pre * self.attn_qo_bytes, 0.0,
                         self.rc_attn_p, self.rm_attn_p, INF, 0.0))
         if n_decode and not skip_decode_attention:
-            ctx = decode_ctx + n_decode
-            out.append(("attention_decode", L, self.pair_flops_decode * ctx,
-                        ctx * self.kv_bytes_token_layer + n_decode * self.attn_qo_bytes, 0.0,
+            q = self.q  # each sequence's queries (k+1 when verifying drafts) read its context
+            ctx = decode_ctx + n_decode * q
+            out.append(("attention_decode", L, self.pair_flops_decode * ctx * q,
+                        ctx * self.kv_bytes_token_layer + n_decode * q * self.attn_qo_bytes, 0.0,
                         self.rc_attn_d, self.rm_attn_d, INF, 0.0))
         if n_logits:
             out.append(("lm_head", 1, 2 * n_logits * self.head_params,
@@ -191,10 +196,40 @@ class Roofline:
         self, n_decode: int, decode_ctx: float, prefills: list[tuple[int, int]], n_logits: int,
         *, skip_decode_attention: bool = False,
     ) -> list[tuple]:
-        """Every operator of one step."""
-        tokens = n_decode + sum(n for n, _ in prefills)
+        """Every operator of one step (the target's, then the draft's when speculating)."""
+        q = self.q
+        tokens = n_decode * q + sum(n for n, _ in prefills)
         return self.layer_ops(tokens) + self.step_ops(
-            n_decode, decode_ctx, prefills, n_logits, skip_decode_attention=skip_decode_attention)
+            n_decode, decode_ctx, prefills, n_logits + n_decode * (q - 1),
+            skip_decode_attention=skip_decode_attention) + self.draft_ops(
+            n_decode, decode_ctx, prefills)
+
+    def draft_ops(self, n_decode: int, decode_ctx: float,
+                  prefills: list[tuple[int, int]]) -> list[tuple]:
+        """The draft's work in a step: k passes over the decoding sequences, one over the
+        prompt chunks (see :mod:`simulator.cost.speculative`)."""
+        sp = self.spec
+        if sp is None or not n_decode and not prefills:
+            return []
+        if sp.draft is None:  # n-gram lookup on the CPU
+            from simulator.cost.speculative import NGRAM_CPU_S
+
+            return [("draft:ngram(cpu)", 1, 0.0, 0.0, 0.0, INF, INF, INF, NGRAM_CPU_S * n_decode)]
+        d, out = sp.draft, []
+        # k passes when sequences decode; a prefill-only step runs the draft over its chunks once.
+        passes = sp.k if n_decode else 1
+        out.append(("draft:passes(launch)", 1, 0.0, 0.0, 0.0, INF, INF, INF,
+                    passes * d.layers * self.overhead.draft_layer_pass_s))
+        if n_decode:
+            per_pass = d.layer_ops(n_decode) + d.step_ops(n_decode, decode_ctx, [], n_decode)
+            out += [(f"draft:{o[0]}", o[1] * sp.k, *o[2:]) for o in per_pass
+                    if o[0] != "step_overhead(cpu)"]
+        if prefills:
+            n_pre = sum(n for n, _ in prefills)
+            out += [(f"draft:{o[0]}(prefill)", *o[1:]) for o in
+                    d.layer_ops(n_pre) + d.step_ops(0, 0.0, prefills, 0)
+                    if o[0] != "step_overhead(cpu)"]
+        return out
 
     @staticmethod
     def _sum(ops: list[tuple]) -> tuple[float, float, float]:
@@ -209,11 +244,16 @@ class Roofline:
         self, n_decode: int, decode_ctx: float, prefills: list[tuple[int, int]], n_logits: int
     ) -> StepCost:
         """Sum of :meth:`ops`, with the token-count-only part memoised per token count."""
-        tokens = n_decode + sum(n for n, _ in prefills)
+        q = self.q
+        tokens = n_decode * q + sum(n for n, _ in prefills)
         lay = self._layer_cache.get(tokens)
         if lay is None:
             lay = self._layer_cache[tokens] = self._sum(self.layer_ops(tokens))
-        t, f, b = self._sum(self.step_ops(n_decode, decode_ctx, prefills, n_logits))
+        t, f, b = self._sum(self.step_ops(n_decode, decode_ctx, prefills,
+                                          n_logits + n_decode * (q - 1)))
+        if self.spec is not None:
+            dt, df, db = self._sum(self.draft_ops(n_decode, decode_ctx, prefills))
+            t, f, b = t + dt, f + df, b + db
         return StepCost(t + lay[0], f + lay[1], b + lay[2])
 
     def explain(
@@ -230,14 +270,19 @@ class Roofline:
         return rows
 
     # --- closed form over a decode run -------------------------------------------------------
-    def decode_run(self, batch: int, ctx0: float) -> DecodeRun:
+    def decode_run(self, batch: int, ctx0: float, growth: float | None = None) -> DecodeRun:
+        """``batch`` sequences decoding from summed context ``ctx0``, which grows by ``growth``
+        tokens a step (``batch``; more when speculating)."""
         k = self._k_cache.get(batch)
         if k is None:
-            lay = self._sum(self.layer_ops(batch))
-            rest = self._sum(self.step_ops(batch, 0.0, [], batch, skip_decode_attention=True))
-            k = (lay[0] + rest[0], lay[1] + rest[1], lay[2] + rest[2])
+            q = self.q
+            lay = self._sum(self.layer_ops(batch * q))
+            rest = self._sum(self.step_ops(batch, 0.0, [], batch * q, skip_decode_attention=True))
+            d = self._sum([o for o in self.draft_ops(batch, 0.0, []) if
+                           not o[0].startswith("draft:attention_decode")])
+            k = (lay[0] + rest[0] + d[0], lay[1] + rest[1] + d[1], lay[2] + rest[2] + d[2])
             self._k_cache[batch] = k
-        return DecodeRun(self, batch, ctx0, k)
+        return DecodeRun(self, batch, ctx0, k, batch if growth is None else growth)
 
 
 class DecodeRun:
@@ -250,15 +295,27 @@ class DecodeRun:
     __slots__ = ("batch", "k_time", "k_flops", "k_bytes", "a1", "b1", "a2", "b2", "L",
                  "f0", "f1", "by0", "by1", "a", "b")
 
-    def __init__(self, rf: Roofline, batch: int, ctx0: float, k: tuple[float, float, float]):
+    def __init__(self, rf: Roofline, batch: int, ctx0: float, k: tuple[float, float, float],
+                 growth: float | None = None):
         self.batch = batch
         self.k_time, self.k_flops, self.k_bytes = k
+        growth = batch if growth is None else growth
+        q = rf.q
         self.L = rf.layers
-        c = ctx0 + batch
+        c = ctx0 + batch * q
         pf, kvb = rf.pair_flops_decode, rf.kv_bytes_token_layer
-        self.f0, self.f1 = pf * c, pf * batch
-        self.by0 = c * kvb + batch * rf.attn_qo_bytes
-        self.by1 = batch * kvb
+        self.f0, self.f1 = pf * c * q, pf * growth * q
+        self.by0 = c * kvb + batch * q * rf.attn_qo_bytes
+        self.by1 = growth * kvb
+        sp = rf.spec
+        if sp is not None and sp.draft is not None:
+            # The draft's k decode passes read its own (smaller) KV cache: folded in as layers
+            # of the target's (same ctx, scaled bytes), memory-bound like decode attention.
+            d = sp.draft
+            scale = sp.k * d.layers * d.kv_bytes_token_layer / (self.L * kvb)
+            self.by0 += scale * (ctx0 + batch) * kvb + sp.k * d.layers / self.L * batch * \
+                d.attn_qo_bytes
+            self.by1 += scale * growth * kvb
         self.a1, self.b1 = self.f0 / rf.rc_attn_d, self.f1 / rf.rc_attn_d
         self.a2, self.b2 = self.by0 / rf.rm_attn_d, self.by1 / rf.rm_attn_d
         # One line dominates for every step (the usual case: decode attention is memory-bound).

@@ -255,6 +255,7 @@ def main() -> None:
         if "model" in spec and not Path(spec["model"]).is_dir() and spec["model"] != "ngram":
             spec["model"] = model_dir(spec["model"])  # a shipped config, random weights too
         kw["speculative_config"] = spec
+    recorded = json.loads(json.dumps({k: v for k, v in kw.items() if k != "model"}))
     t = time.perf_counter()
     engine = LLMEngine.from_engine_args(EngineArgs(**kw))
     startup = time.perf_counter() - t
@@ -277,7 +278,7 @@ def main() -> None:
         meta = {
             "gpu": gpu, "vllm": vllm.__version__, "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d"), "model": a.model, "trace": path.name,
-            "engine_args": {k: v for k, v in kw.items() if k != "model"},
+            "engine_args": recorded,  # vLLM turns some of kw into config objects
             "speculative_config": a.speculative_config,
             "num_gpu_blocks": cfg.cache_config.num_gpu_blocks,
             "block_size": cfg.cache_config.block_size, "startup_s": startup,
@@ -289,7 +290,7 @@ def main() -> None:
             "hash_block": a.hash_block,
             "replay_wall_s": wall, "command": " ".join(sys.argv),
         }
-        (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
         done = [r for r in reqs if r["finish_s"] is not None]
         ttft = sorted(r["first_token_s"] - r["arrival_s"] for r in done)
         print(f"{path.stem}: {len(done)}/{len(reqs)} done in {wall:.1f} s, {len(steps)} steps, "
