@@ -69,6 +69,9 @@ class EngineArgs(BaseModel):
     # Not a vLLM flag (vLLM reads it from a sparse checkpoint): "what if the weights were 2:4".
     sparsity: Literal["2:4"] | None = None
     speculative_config: SpeculativeConfig | None = None
+    enable_prefix_caching: bool = True  # vLLM v1's default
+    # Not a vLLM flag: tokens per trace hash id (Mooncake's traces use 512).
+    hash_block_size: int = Field(default=512, ge=1)
     kv_cache_dtype: Literal["auto", "fp8"] = "auto"
     dtype: Literal["auto", "bfloat16", "float16"] = "auto"
 

@@ -45,6 +45,8 @@ class Deployment:
     error_band: float
     provenance: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    prefix_caching: bool = True
+    hash_block_size: int = 512
 
     @property
     def async_scheduling(self) -> bool:
@@ -78,6 +80,8 @@ class Deployment:
             "precision": self.precision.label,
             "speculative_decoding": self.roofline.spec.label() if self.roofline.spec else None,
             "async_scheduling": self.async_scheduling,
+            "enable_prefix_caching": self.prefix_caching,
+            "hash_block_size": self.hash_block_size,
             "weight_bytes_per_gpu": self.weight_bytes_per_gpu,
             "activation_reserve_bytes": self.activation_reserve_bytes,
             "kv_cache_blocks_per_replica": self.num_kv_blocks,
@@ -230,6 +234,9 @@ def resolve(cfg: SimulationConfig) -> Deployment:
             f"(weights {rf.weight_bytes_per_gpu() / GIB:.1f} GiB per GPU)",
             field="tensor-parallel-size",
         )
+    if e.enable_prefix_caching and e.hash_block_size % e.block_size:
+        raise InputError(f"{e.hash_block_size} is not a multiple of --block-size {e.block_size}",
+                         field="hash-block-size")
     kv_token = rf.kv_bytes_token_layer * model.num_layers + (
         rf.spec.kv_bytes_per_token() if rf.spec else 0.0)
     blocks = int(avail // (kv_token * e.block_size))
@@ -267,4 +274,5 @@ def resolve(cfg: SimulationConfig) -> Deployment:
         kv_bytes_per_token=kv_token, weight_bytes_per_gpu=weights(rf),
         activation_reserve_bytes=act, gpu_cost_per_hour=cost, router=cfg.router,
         error_band=band, provenance=prov, warnings=warnings,
+        prefix_caching=e.enable_prefix_caching, hash_block_size=e.hash_block_size,
     )

@@ -98,7 +98,7 @@ class ReplicaStats:
     """Counters one replica accumulates; summed or averaged across replicas at the end."""
 
     __slots__ = ("steps", "seq_steps", "flops", "hbm_bytes", "busy_s", "kv_integral",
-                 "kv_peak_blocks", "samples", "occupancy_integral")
+                 "kv_peak_blocks", "samples", "occupancy_integral", "prefill_tokens")
 
     def __init__(self) -> None:
         self.steps = 0
@@ -110,6 +110,7 @@ class ReplicaStats:
         self.kv_peak_blocks = 0
         # sum of (requests waiting + running) x seconds, for the mean requests in system
         self.occupancy_integral = 0.0
+        self.prefill_tokens = 0  # prompt (and recomputed) tokens prefilled, cache hits excluded
         # (t, queued, running, kv util, preemptions so far)
         self.samples: list[tuple[float, int, int, float, int]] = []
 

@@ -26,6 +26,7 @@ import simpy
 
 from simulator.cost.roofline import Roofline
 from simulator.metrics import LogHistogram, ReplicaStats
+from simulator.prefix_cache import PrefixCache
 from simulator.request import Request
 from simulator.schedule import Scheduler
 
@@ -34,12 +35,14 @@ class Replica:
     def __init__(self, env: simpy.Environment, index: int, roofline: Roofline, num_blocks: int,
                  block_size: int, max_num_seqs: int, max_num_batched_tokens: int,
                  itl: LogHistogram, done: list[Request], sample_every: float,
-                 incoming: list[Request] | None = None, async_scheduling: bool = True) -> None:
+                 incoming: list[Request] | None = None, async_scheduling: bool = True,
+                 prefix: PrefixCache | None = None) -> None:
         self.env = env
         self.index = index
         self.rf = roofline
         self.sched = Scheduler(num_blocks, block_size, max_num_seqs, max_num_batched_tokens,
-                               roofline.spec.tokens_per_step if roofline.spec else None)
+                               roofline.spec.tokens_per_step if roofline.spec else None,
+                               prefix)
         self.itl = itl
         self.done = done
         self.stats = ReplicaStats()
@@ -210,6 +213,7 @@ class Replica:
         s = self.sched
         if step.n_decode:
             self.itl.add(cost.time_s, step.n_decode)
+        self.stats.prefill_tokens += sum(n for _, n in step.chunks)
         s.finish_step(step, self.env.now, self._on_token, self.done.append)
         self.stats.add(cost.time_s, 1, step.n_decode + n_prefills, cost.flops, cost.hbm_bytes,
                        used0, s.kv.used, peak, s.kv.total, occupancy)

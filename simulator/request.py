@@ -17,7 +17,7 @@ class Request:
         "replica", "first_token_t", "finish_t", "preemptions", "rejected",
         # scheduler bookkeeping
         "state", "prompt_len", "computed", "blocks", "gen", "join_step", "key", "heap_token",
-        "last_token_t", "accept", "rate", "v0",
+        "last_token_t", "accept", "rate", "v0", "groups", "shared",
     )
 
     def __init__(
@@ -59,6 +59,9 @@ class Request:
         self.accept = accept
         self.rate = 1.0
         self.v0 = 0
+        # Prefix caching: the cached hash groups this request holds, and their KV blocks.
+        self.groups: list[int] | None = None
+        self.shared = 0
 
     @property
     def ttft(self) -> float | None:

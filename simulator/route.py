@@ -5,6 +5,7 @@ Registered by name; ``--router`` takes any registered name.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -65,3 +66,32 @@ class LeastLoaded:
             if best_load is None or load < best_load:
                 best, best_load = i, load
         return best
+
+
+@ROUTERS.register("prefix-affinity")
+class PrefixAffinity:
+    """Requests that share a prefix go to the same replica, so its prefix cache hits: the
+    replica is chosen by the request's first hash id (its system prompt or conversation), or
+    its session id; requests with neither go to the least-loaded replica. A replica more than
+    ``SPILL`` requests busier than the least-loaded one is skipped for the least-loaded one
+    (vLLM's production stack and SGLang's router bound affinity by load the same way)."""
+
+    SPILL = 32
+
+    def __init__(self, replicas: Sequence[Routable]) -> None:
+        self.replicas = replicas
+        self.least = LeastLoaded(replicas)
+
+    @classmethod
+    def assign(cls, requests: Sequence[Request], n_replicas: int) -> None:
+        return None
+
+    def pick(self, req: Request) -> int:
+        key = req.hash_ids[0] if req.hash_ids else req.session_id
+        if key is None:
+            return self.least.pick(req)
+        i = zlib.crc32(str(key).encode()) % len(self.replicas)
+        low = self.least.pick(req)
+        if self.replicas[i].load() - self.replicas[low].load() > self.SPILL:
+            return low
+        return i

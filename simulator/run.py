@@ -10,6 +10,7 @@ import simpy
 from simulator.config import SimulationConfig
 from simulator.deployment import Deployment, context_range_warning, resolve
 from simulator.metrics import LogHistogram, distribution
+from simulator.prefix_cache import PrefixCache
 from simulator.replica import Replica
 from simulator.request import REJECTED, Request
 from simulator.route import ROUTERS
@@ -80,7 +81,8 @@ def run_simulation(cfg: SimulationConfig, requests: list[Request],
     replicas = [
         Replica(env, i, dep.roofline, dep.num_kv_blocks, dep.block_size, dep.max_num_seqs,
                 dep.max_num_batched_tokens, itl, done, sample_every,
-                None if per_replica is None else per_replica[i], dep.async_scheduling)
+                None if per_replica is None else per_replica[i], dep.async_scheduling,
+                PrefixCache(dep.hash_block_size, dep.block_size) if dep.prefix_caching else None)
         for i in range(dep.replicas)
     ]
     if plan is None:
@@ -184,10 +186,12 @@ def summarize(cfg: SimulationConfig, dep: Deployment, requests: list[Request],
             "peak": max(s.kv_peak_blocks for s in stats) / dep.num_kv_blocks,
         },
         "mean_batch_size": sum(s.seq_steps for s in stats) / steps if steps else 0.0,
+        "prefix_cache": _prefix_summary(dep, replicas),
         # Time-average requests waiting or running, all replicas (Little's L).
         "mean_requests_in_system": sum(s.occupancy_integral for s in stats) / duration,
         "busy_fraction": sum(s.busy_s for s in stats) / (duration * len(stats)),
         "engine_steps": steps,
+        "prefill_tokens": sum(s.prefill_tokens for s in stats),
         "mfu": flops / (peak_flops * duration),
         "mbu": hbm / (dep.gpu.memory_bandwidth * gpus * duration),
         "gpu_hours": gpu_hours,
@@ -201,6 +205,14 @@ def summarize(cfg: SimulationConfig, dep: Deployment, requests: list[Request],
         "config": {**dep.describe(), "engine_args": cfg.engine.model_dump(),
                    "slo": slos},
     }
+
+
+def _prefix_summary(dep: Deployment, replicas: list[Replica]) -> dict:
+    caches = [rep.sched.prefix for rep in replicas if rep.sched.prefix is not None]
+    q = sum(c.query_tokens for c in caches)
+    hit = sum(c.hit_tokens for c in caches)
+    return {"enabled": dep.prefix_caching, "hash_block_size": dep.hash_block_size,
+            "query_tokens": q, "hit_tokens": hit, "hit_rate": hit / q if q else None}
 
 
 def _count_reasons(rejected: list[Request]) -> dict[str, int]:

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable
 
 from simulator.kv_cache import KVCache, blocks_for
+from simulator.prefix_cache import PrefixCache
 from simulator.request import DECODE, DONE, PREFILL, QUEUED, Request
 
 
@@ -40,7 +41,9 @@ class Step:
 class Scheduler:
     def __init__(self, num_blocks: int, block_size: int, max_num_seqs: int,
                  max_num_batched_tokens: int,
-                 tokens_per_step: Callable[[float | None], float] | None = None) -> None:
+                 tokens_per_step: Callable[[float | None], float] | None = None,
+                 prefix: PrefixCache | None = None) -> None:
+        self.prefix = prefix
         # Speculative decoding: tokens a request gains per step, from its acceptance rate.
         self.rate_of = tokens_per_step
         mean = tokens_per_step(None) if tokens_per_step else 1.0
@@ -94,7 +97,31 @@ class Scheduler:
             budget -= n
             if budget <= 0:
                 return False
-        return blocks_for(min(head.prompt_len, budget), self.kv.bs) <= free
+        return self._admission(head, budget)[2] <= free
+
+    def _admission(self, r: Request, budget: int) -> tuple[int, int, int]:
+        """(cached groups, tokens to prefill now, KV blocks it takes) for admitting r."""
+        pc = self.prefix
+        if pc is None or not r.hash_ids:
+            n = min(r.prompt_len, budget)
+            return 0, n, blocks_for(n, self.kv.bs)
+        h = pc.match(r)
+        hit = h * pc.hash_block
+        n = min(r.prompt_len - hit, budget)
+        revive = sum(1 for g in r.hash_ids[:h] if g in pc.free_lru) * pc.bpg
+        return h, n, blocks_for(hit + n, self.kv.bs) - h * pc.bpg + revive
+
+    def _release(self, r: Request, blocks: int) -> None:
+        """Free r's KV blocks: its own now, its cached groups once nobody else holds them."""
+        self.kv.used -= blocks - r.shared
+        if self.prefix is not None and r.groups is not None:
+            self.kv.used -= self.prefix.release(r)
+        r.shared = 0
+
+    def _evict(self) -> None:
+        """Allocation ate into free blocks holding cached groups: evict the oldest."""
+        if self.prefix is not None:
+            self.prefix.shrink(self.kv.total - self.kv.used)
 
     # --- preemption ----------------------------------------------------------------------------
     def _preempt_tail(self, now: float) -> Request:
@@ -111,7 +138,7 @@ class Scheduler:
             r.gen = min(r.gen + int(steps * r.rate), r.output_tokens - 1)
             r.prompt_len = r.input_tokens + r.gen  # recompute prompt and generated tokens
             r.last_token_t = now
-        self.kv.used -= r.blocks
+        self._release(r, r.blocks)
         r.blocks = 0
         r.computed = 0
         r.state = QUEUED
@@ -150,18 +177,27 @@ class Scheduler:
         if not preempted:
             while self.waiting and budget > 0 and self.running < self.max_seqs:
                 r = self.waiting[0]
-                n = min(r.prompt_len, budget)
-                nb = blocks_for(n, bs)
+                h, n, nb = self._admission(r, budget)
                 if nb > kv.free:
                     break
                 self.waiting.popleft()
                 r.state = PREFILL
                 r.computed = 0
-                r.blocks = nb
-                kv.used += nb
+                if self.prefix is not None and r.hash_ids:
+                    pc = self.prefix
+                    kv.used += pc.acquire(r, h)  # revived groups are charged to the cache
+                    r.computed = h * pc.hash_block
+                    r.shared = h * pc.bpg
+                    own = blocks_for(r.computed + n, bs) - r.shared
+                    r.blocks = r.shared + own
+                    kv.used += own
+                else:
+                    r.blocks = nb
+                    kv.used += nb
                 self.prefilling.append(r)
                 step.chunks.append((r, n))
                 budget -= n
+        self._evict()
         return step
 
     def finish_step(self, step: Step, now: float, on_token, on_done) -> None:
@@ -175,6 +211,8 @@ class Scheduler:
             if r.computed < r.prompt_len:
                 continue
             self.prefilling.remove(r)
+            if self.prefix is not None and r.hash_ids:
+                r.shared += self.prefix.publish(r)  # its full groups are now cached, held by r
             on_token(r, now)
             r.gen += 1
             if r.gen >= r.output_tokens:
@@ -214,6 +252,7 @@ class Scheduler:
         peak = kv.used
         self.ctx_sum += self.rate_sum * m
         self.step_no += m
+        self._evict()
         self._complete_due(now, on_done)
         return peak
 
@@ -231,7 +270,7 @@ class Scheduler:
             self._done(r, now, self._blocks_of(r), on_done)
 
     def _done(self, r: Request, now: float, blocks: int, on_done) -> None:
-        self.kv.used -= blocks
+        self._release(r, blocks)
         r.blocks = 0
         r.state = DONE
         r.finish_t = now

@@ -53,11 +53,22 @@ def load_run(run_dir: Path) -> tuple[SimulationConfig, list[Request], list[dict]
         max_model_len=ea["max_model_len"], gpu_memory_utilization=ea["gpu_memory_utilization"],
         quantization=ea.get("quantization"), kv_cache_dtype=ea.get("kv_cache_dtype", "auto"),
         speculative_config=meta.get("speculative_config"),
+        enable_prefix_caching=meta.get("enable_prefix_caching", True),
+        hash_block_size=meta.get("hash_block", 512),
     )
     cfg = SimulationConfig(gpu=f"{gpu}x{engine.tensor_parallel_size}", model=meta["model"],
                            engine=engine)
-    reqs = [Request(str(r["request_id"]), r["arrival_s"], r["input_tokens"], r["output_tokens"])
-            for r in rows]
+    # The replayed trace's hash_ids (the profiler built shared prompt prefixes from them).
+    # (measurements/<gpu>/<vllm>/<config>/<trace> -> measurements/traces/<trace file>)
+    trace = run_dir.parents[3] / "traces" / str(meta.get("trace", "")) if len(
+        run_dir.parents) > 3 else None
+    hashes = [None] * len(rows)
+    if meta.get("hash_block") and trace is not None and trace.is_file():
+        src = [json.loads(x) for x in trace.read_text().splitlines() if x.strip()]
+        if len(src) == len(rows):
+            hashes = [s.get("hash_ids") for s in src]
+    reqs = [Request(str(r["request_id"]), r["arrival_s"], r["input_tokens"], r["output_tokens"],
+                    hash_ids=h) for r, h in zip(rows, hashes, strict=True)]
     return cfg, reqs, rows, meta
 
 

@@ -1,0 +1,106 @@
+"""vLLM's automatic prefix caching, at the granularity of a trace's ``hash_ids``.
+
+A trace's ``hash_ids`` name the prompt's consecutive ``hash_block``-token blocks (Mooncake's
+convention, 512 tokens): two requests whose lists start alike share those prefix tokens. Each
+id is a *group* of ``hash_block / block_size`` KV blocks. A group a running request holds is
+charged to the KV cache once, however many requests share it (a reference count). When the last
+holder finishes or is preempted, the group stays cached but free: it is evictable, least
+recently freed first, and is evicted only when an allocation needs its blocks (vLLM keeps
+freed blocks' contents until it reuses them). A request admitted with its first ``h`` ids
+cached skips their prefill (vLLM computes at least the prompt's last token); when its prefill
+completes, its own full groups become cached for later requests.
+
+Simplification, stated: vLLM hashes every full 16-token block and evicts free blocks in LRU
+order whether or not another request could ever hit them; here only the trace's groups are
+cached, and a cached group is evicted only once the never-shared free blocks run out.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from simulator.request import Request
+
+
+class PrefixCache:
+    def __init__(self, hash_block: int, block_size: int) -> None:
+        if hash_block % block_size:
+            raise ValueError(f"hash block {hash_block} is not a multiple of the KV block "
+                             f"size {block_size}")
+        self.hash_block = hash_block
+        self.bpg = hash_block // block_size  # KV blocks per group
+        self.refs: dict[int, int] = {}  # cached group -> running requests holding it
+        self.free_lru: OrderedDict[int, None] = OrderedDict()  # cached, held by nobody
+        self.query_tokens = 0
+        self.hit_tokens = 0
+
+    @property
+    def evictable_blocks(self) -> int:
+        return len(self.free_lru) * self.bpg
+
+    def match(self, r: Request) -> int:
+        """Cached groups at the start of r's prompt (keeping at least one token to compute)."""
+        ids = r.hash_ids
+        if not ids:
+            return 0
+        most = (r.prompt_len - 1) // self.hash_block
+        h = 0
+        refs, lru = self.refs, self.free_lru
+        while h < most and h < len(ids) and (ids[h] in refs or ids[h] in lru):
+            h += 1
+        return h
+
+    def acquire(self, r: Request, h: int) -> int:
+        """r takes its first h (cached) groups; returns blocks newly charged to the cache."""
+        self.query_tokens += r.prompt_len
+        self.hit_tokens += h * self.hash_block
+        charged = 0
+        held = []
+        for gid in r.hash_ids[:h]:
+            if gid in self.free_lru:
+                del self.free_lru[gid]
+                self.refs[gid] = 1
+                charged += self.bpg
+            else:
+                self.refs[gid] += 1
+            held.append(gid)
+        r.groups = held
+        return charged
+
+    def publish(self, r: Request) -> int:
+        """r's prefill is done: its own full groups become cached, held by r. Returns the
+        blocks moved from r's own charge to the cache's (they are the same blocks)."""
+        ids = r.hash_ids
+        if not ids:
+            return 0
+        full = min(len(ids), r.input_tokens // self.hash_block)
+        moved = 0
+        held = r.groups if r.groups is not None else []
+        for gid in ids[len(held):full]:
+            if gid in self.refs or gid in self.free_lru:
+                break  # computed concurrently by another request: r keeps its own copy
+            self.refs[gid] = 1
+            held.append(gid)
+            moved += self.bpg
+        r.groups = held
+        return moved
+
+    def release(self, r: Request) -> int:
+        """r stops running: its groups lose a holder. Returns the blocks freed (now evictable)."""
+        freed = 0
+        for gid in r.groups or ():
+            n = self.refs[gid] - 1
+            if n:
+                self.refs[gid] = n
+            else:
+                del self.refs[gid]
+                self.free_lru[gid] = None
+                freed += self.bpg
+        r.groups = None
+        return freed
+
+    def shrink(self, room: int) -> None:
+        """Evict least recently freed groups until the evictable ones fit in ``room`` blocks."""
+        lru = self.free_lru
+        while lru and len(lru) * self.bpg > room:
+            lru.popitem(last=False)
