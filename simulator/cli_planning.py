@@ -92,6 +92,8 @@ def sweep(
     max_num_batched_tokens: Annotated[list[str] | None, typer.Option()] = None,
     quantization: Annotated[list[str] | None, typer.Option(help="none,fp8")] = None,
     kv_cache_dtype: Annotated[list[str] | None, typer.Option(help="auto,fp8")] = None,
+    speculative_config: Annotated[list[str] | None, typer.Option(
+        help="one JSON per point, repeatable; 'none' for no speculation")] = None,
     model: Annotated[str, typer.Option()] = "llama-3.1-8b",
     max_model_len: Annotated[int | None, typer.Option()] = None,
     router: Annotated[str, typer.Option()] = "round-robin",
@@ -116,7 +118,9 @@ def sweep(
             tensor_parallel_size, int), "max_num_seqs": split_values(max_num_seqs, int),
             "max_num_batched_tokens": split_values(max_num_batched_tokens, int),
             "quantization": split_values(quantization), "kv_cache_dtype": split_values(
-                kv_cache_dtype)}
+                kv_cache_dtype),
+            "speculative_config": [None if s.strip().lower() == "none" else s
+                                   for s in speculative_config or []]}
         axes = {k: v for k, v in axes.items() if v}
         base = _common_base(model, router, calibration, slo_ttft, slo_tpot, slo_e2e,
                             max_model_len)
@@ -205,17 +209,21 @@ def plan(
                 f"{n}: {r}" for n, r in pruned[:3]), field="gpu")
         with _progress("plan") as bar:
             task = bar.add_task("plan", total=len(fams))
-            outcomes = planner.run_plan(fams, base, str(trace), trace_format, rate_scale, slo,
-                                        percentile, jobs, not no_max_load,
-                                        lambda i, n: bar.update(task, completed=i))
+            outcomes, interrupted = planner.run_plan(
+                fams, base, str(trace), trace_format, rate_scale, slo, percentile, jobs,
+                not no_max_load, lambda i, n: bar.update(task, completed=i))
         out_dir = output_dir or Path("runs") / f"plan-{trace.stem}"
-        _write_plan(outcomes, pruned, out_dir, trace, base, rate_scale, slo, percentile)
+        _write_plan(outcomes, pruned, out_dir, trace, base, rate_scale, slo, percentile,
+                    charts=not interrupted)
     except InputError as e:
         _fail(e)
         return
-    except KeyboardInterrupt:
-        err.print("interrupted: plan stopped, nothing written")
-        raise typer.Exit(130) from None
+    if interrupted:
+        sims = sum(len(o.evaluations) for o in outcomes)
+        err.print(f"interrupted: kept {sims} finished simulation(s) of {len(outcomes)} "
+                  f"candidate(s) in {out_dir / 'plan.csv'} and {out_dir / 'report.html'}",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
     out.print(_ranking_table(outcomes, rate_scale))
     best = next((o for o in outcomes if o.replicas is not None), None)
     if best is None:
@@ -264,7 +272,7 @@ def _ranking_table(outcomes, scale: float) -> Table:
 
 
 def _write_plan(outcomes, pruned, out_dir: Path, trace: Path, base: dict, scale: float,
-                slo: dict, pct: int) -> None:
+                slo: dict, pct: int, charts: bool = True) -> None:
     from simulator.parallel import cached_trace
     from simulator.report.data import from_result
     from simulator.report.figures import cost_vs_latency
@@ -281,7 +289,7 @@ def _write_plan(outcomes, pruned, out_dir: Path, trace: Path, base: dict, scale:
         w.writerows([_cell(e.get(c)) for c in cols] for e in evals)
     # The top three meeting candidates, re-simulated at the asked load for the charts.
     runs = []
-    for o in [o for o in outcomes if o.replicas is not None][:3]:
+    for o in [o for o in outcomes if o.replicas is not None][:3 if charts else 0]:
         res = run_simulation(o.family.config(o.replicas, base), cached_trace(str(trace), None,
                                                                               scale))
         runs.append(from_result(res, f"{o.family.label} x{o.replicas}"))

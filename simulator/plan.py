@@ -84,9 +84,19 @@ def families(gpus: list[str], tps: list[int], knob_axes: dict[str, list], max_gp
 
 
 def search_family(task: tuple) -> Outcome:
-    """Worker: bisect the replica count, then the load, for one family."""
+    """Worker: bisect the replica count, then the load, for one family. Ctrl-C (in-process)
+    ends the search with what it has, marked interrupted."""
+    out = Outcome(task[0])
+    try:
+        return _search(task, out)
+    except KeyboardInterrupt:
+        out.status = "interrupted"
+        out.replicas = out.max_scale = out.row = None
+        return out
+
+
+def _search(task: tuple, out: Outcome) -> Outcome:
     fam, base, trace, fmt, scale, slo, pct, cap, find_load = task
-    out = Outcome(fam)
     seen: dict[tuple[int, float], bool] = {}
 
     def ok(n: int, s: float) -> bool:
@@ -135,11 +145,22 @@ def search_family(task: tuple) -> Outcome:
 
 def run_plan(fams: list[Family], base: dict, trace: str, fmt: str | None, scale: float,
              slo: dict, pct: int, jobs: int = 1, find_load: bool = True,
-             progress=None) -> list[Outcome]:
-    """Visit families cheapest first, ``jobs`` at a time, each capped by the best cost so far."""
+             progress=None) -> tuple[list[Outcome], bool]:
+    """Visit families cheapest first, ``jobs`` at a time, each capped by the best cost so far.
+    Returns the ranked outcomes and whether Ctrl-C cut the search short (the outcomes are then
+    those finished, with every simulation already run)."""
+    outcomes: list[Outcome] = []
+    try:
+        _visit(fams, base, trace, fmt, scale, slo, pct, jobs, find_load, progress, outcomes)
+    except KeyboardInterrupt:
+        return ranked(outcomes), True
+    return ranked(outcomes), any(o.status == "interrupted" for o in outcomes)
+
+
+def _visit(fams, base, trace, fmt, scale, slo, pct, jobs, find_load, progress,
+           outcomes: list[Outcome]) -> None:
     from simulator.parallel import run_tasks
 
-    outcomes: list[Outcome] = []
     best = math.inf
     for start in range(0, len(fams), max(jobs, 1)):
         batch = fams[start:start + max(jobs, 1)]
@@ -154,7 +175,8 @@ def run_plan(fams: list[Family], base: dict, trace: str, fmt: str | None, scale:
                 best = min(best, o.family.cost(o.replicas))
             if progress:
                 progress(len(outcomes), len(fams))
-    return ranked(outcomes)
+            if o.status == "interrupted":
+                raise KeyboardInterrupt
 
 
 def ranked(outcomes: list[Outcome]) -> list[Outcome]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
 import math
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from simulator.errors import InputError
 from simulator.parallel import cached_trace
 
 AXES = ("gpu", "tensor_parallel_size", "max_num_seqs", "max_num_batched_tokens", "quantization",
-        "kv_cache_dtype")
+        "kv_cache_dtype", "speculative_config")
 METRIC_COLUMNS = (
     "ttft_s.p50", "ttft_s.p90", "ttft_s.p99", "tpot_s.p50", "tpot_s.p90", "tpot_s.p99",
     "e2e_s.p50", "e2e_s.p90", "e2e_s.p99", "request_throughput", "output_throughput", "goodput",
@@ -61,6 +62,12 @@ def point_config(point: dict, base: dict) -> SimulationConfig:
               **{k: v for k, v in point.items() if k != "gpu" and v is not None}}
     if engine.get("quantization") == "none":
         engine["quantization"] = None
+    spec = engine.get("speculative_config")
+    if isinstance(spec, str):  # the axis holds the flag's JSON text, as results.csv shows it
+        try:
+            engine["speculative_config"] = json.loads(spec)
+        except json.JSONDecodeError as e:
+            raise InputError(f"not valid JSON ({e.msg})", field="speculative-config") from None
     return validated(SimulationConfig, **{**base, "gpu": point["gpu"], "engine": engine})
 
 
@@ -72,6 +79,10 @@ def label(point: dict) -> str:
         v = point.get(k)
         if v is not None and v not in ("none", "auto"):
             bits.append(f"{short}{v}")
+    spec = point.get("speculative_config")
+    if spec:
+        d = json.loads(spec)
+        bits.append(f"spec-{d.get('method', 'ngram')}-k{d.get('num_speculative_tokens')}")
     return " ".join(bits)
 
 

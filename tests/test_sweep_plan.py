@@ -111,7 +111,8 @@ def test_plan_finds_the_brute_force_optimum_with_fewer_simulations(trace):
                 if best is None or key < best[0]:
                     best = (key, f.label, n)
     assert best is not None
-    outcomes = run_plan(fams, base, str(trace), None, 1.0, slo, 90, find_load=False)
+    outcomes, interrupted = run_plan(fams, base, str(trace), None, 1.0, slo, 90, find_load=False)
+    assert not interrupted
     top = outcomes[0]
     assert (top.family.label, top.replicas) == (best[1], best[2])
     assert top.family.cost(top.replicas) == best[0][0]
@@ -140,3 +141,16 @@ def test_plan_cli_max_load_and_report(trace, tmp_path):
 def test_plan_refuses_a_run_without_slos(trace):
     p = simulate("plan", "--trace", str(trace))
     assert p.returncode == 1 and "give at least one of --slo-ttft" in p.stderr
+
+
+def test_sweep_has_a_speculation_axis(trace, tmp_path):
+    spec = {"method": "eagle", "num_speculative_tokens": 3, "acceptance_rate": 0.6}
+    p = simulate("sweep", "--trace", str(trace), "--gpu", "h100", "--speculative-config", "none",
+                 "--speculative-config", json.dumps(spec), "-j", "1", "--output-dir", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [r["label"] for r in rows] == ["h100", "h100 spec-eagle-k3"]
+    ref = summary_row(run_simulation(SimulationConfig(
+        gpu="h100", engine={"speculative_config": spec}), load_trace(trace)).summary)
+    assert float(rows[1]["tpot_s.p50"]) == pytest.approx(ref["tpot_s.p50"], rel=1e-5)
+    assert float(rows[1]["tpot_s.p50"]) < float(rows[0]["tpot_s.p50"])
