@@ -84,6 +84,11 @@ def main_command(
     speculative_config: Annotated[str | None, typer.Option(
         help='JSON as vllm serve takes it, plus the acceptance: {"method": "eagle", '
              '"num_speculative_tokens": 4, "acceptance_rate": 0.7}')] = None,
+    enable_prefix_caching: Annotated[bool, typer.Option(
+        "--enable-prefix-caching/--no-enable-prefix-caching",
+        help="reuse KV of prompts sharing the trace's hash_ids (vLLM's default: on)")] = True,
+    hash_block_size: Annotated[int, typer.Option(help="tokens per trace hash id (Mooncake: "
+                                                      "512)")] = 512,
     kv_cache_dtype: Annotated[str, typer.Option(help="auto or fp8")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, bfloat16 or float16")] = "auto",
     router: Annotated[str, typer.Option(help=f"{' | '.join(ROUTERS.names())}")] = "round-robin",
@@ -121,6 +126,7 @@ def main_command(
             quantization=quantization, kv_cache_dtype=kv_cache_dtype, dtype=dtype,
             sparsity=sparsity, speculative_config=_json_flag(speculative_config,
                                                              "speculative-config"),
+            enable_prefix_caching=enable_prefix_caching, hash_block_size=hash_block_size,
         )
         cfg = validated(
             SimulationConfig, gpu=gpu, model=model, engine=engine, router=router,

@@ -79,6 +79,11 @@ class Replica:
     def load(self) -> int:
         return self.sched.load() + len(self.arrivals)
 
+    def prefix_match(self, req: Request) -> int:
+        """Cached hash groups at the start of req's prompt here (0 without prefix caching)."""
+        pc = self.sched.prefix
+        return 0 if pc is None else pc.match(req)
+
     def _reveal(self, now: float) -> None:
         """Move the arrivals the scheduler can see at this boundary into its queue."""
         s, a = self.sched, self.arrivals

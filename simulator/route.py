@@ -5,7 +5,6 @@ Registered by name; ``--router`` takes any registered name.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -15,6 +14,8 @@ from simulator.request import Request
 
 class Routable(Protocol):
     def load(self) -> int: ...
+
+    def prefix_match(self, req: Request) -> int: ...
 
 
 class Router(Protocol):
@@ -70,28 +71,28 @@ class LeastLoaded:
 
 @ROUTERS.register("prefix-affinity")
 class PrefixAffinity:
-    """Requests that share a prefix go to the same replica, so its prefix cache hits: the
-    replica is chosen by the request's first hash id (its system prompt or conversation), or
-    its session id; requests with neither go to the least-loaded replica. A replica more than
-    ``SPILL`` requests busier than the least-loaded one is skipped for the least-loaded one
-    (vLLM's production stack and SGLang's router bound affinity by load the same way)."""
+    """Cache-aware routing (as SGLang's router and vLLM's production-stack prefix router do):
+    among the replicas no more than ``SPILL`` requests busier than the least-loaded one, the
+    one whose prefix cache holds the longest start of the request's hash_ids; on a tie, or
+    when nothing matches, the least-loaded one."""
 
-    SPILL = 32
+    SPILL = 16
 
     def __init__(self, replicas: Sequence[Routable]) -> None:
         self.replicas = replicas
-        self.least = LeastLoaded(replicas)
 
     @classmethod
     def assign(cls, requests: Sequence[Request], n_replicas: int) -> None:
         return None
 
     def pick(self, req: Request) -> int:
-        key = req.hash_ids[0] if req.hash_ids else req.session_id
-        if key is None:
-            return self.least.pick(req)
-        i = zlib.crc32(str(key).encode()) % len(self.replicas)
-        low = self.least.pick(req)
-        if self.replicas[i].load() - self.replicas[low].load() > self.SPILL:
-            return low
-        return i
+        loads = [r.load() for r in self.replicas]
+        low = min(loads)
+        best, key = 0, None
+        for i, rep in enumerate(self.replicas):
+            if loads[i] > low + self.SPILL:
+                continue
+            k = (rep.prefix_match(req) if req.hash_ids else 0, -loads[i])
+            if key is None or k > key:
+                best, key = i, k
+        return best
