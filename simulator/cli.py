@@ -89,6 +89,10 @@ def main_command(
         help="reuse KV of prompts sharing the trace's hash_ids (vLLM's default: on)")] = True,
     hash_block_size: Annotated[int, typer.Option(help="tokens per trace hash id (Mooncake: "
                                                       "512)")] = 512,
+    disaggregate: Annotated[str | None, typer.Option(
+        help="P:D prefill and decode replicas, KV shipped between them")] = None,
+    kv_transfer_gbs: Annotated[float | None, typer.Option(
+        help="per-GPU KV transfer bandwidth, GB/s (default: the GPU's link)")] = None,
     kv_cache_dtype: Annotated[str, typer.Option(help="auto or fp8")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, bfloat16 or float16")] = "auto",
     router: Annotated[str, typer.Option(help=f"{' | '.join(ROUTERS.names())}")] = "round-robin",
@@ -131,7 +135,8 @@ def main_command(
         cfg = validated(
             SimulationConfig, gpu=gpu, model=model, engine=engine, router=router,
             gpu_cost_per_hour=gpu_cost, calibration=calibration, slo_ttft=slo_ttft,
-            slo_tpot=slo_tpot, slo_e2e=slo_e2e,
+            slo_tpot=slo_tpot, slo_e2e=slo_e2e, disaggregate=disaggregate,
+            kv_transfer_gbs=kv_transfer_gbs,
         )
         ROUTERS.get(router)
         from simulator.deployment import resolve

@@ -105,6 +105,10 @@ class SimulationConfig(BaseModel):
     slo_tpot: float | None = Field(default=None, gt=0)
     slo_e2e: float | None = Field(default=None, gt=0)
     timeseries_points: int = Field(default=2000, ge=10)
+    # Disaggregated serving: "P:D" prefill and decode replicas, KV shipped between them.
+    disaggregate: str | None = Field(default=None, pattern=r"^\d+:\d+$")
+    kv_transfer_gbs: float | None = Field(default=None, gt=0)
+    kv_transfer_latency_s: float = Field(default=0.001, ge=0)
 
 
 def validated(cls: type[BaseModel], **kwargs: object) -> BaseModel:

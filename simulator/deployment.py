@@ -47,6 +47,9 @@ class Deployment:
     warnings: list[str] = field(default_factory=list)
     prefix_caching: bool = True
     hash_block_size: int = 512
+    prefill_replicas: int = 0  # disaggregated serving: the first P replicas only prefill
+    kv_transfer_bytes_per_s: float = 0.0  # per GPU, prefill to decode replica
+    kv_transfer_latency_s: float = 0.0
 
     @property
     def async_scheduling(self) -> bool:
@@ -80,6 +83,10 @@ class Deployment:
             "precision": self.precision.label,
             "speculative_decoding": self.roofline.spec.label() if self.roofline.spec else None,
             "async_scheduling": self.async_scheduling,
+            "disaggregate": (f"{self.prefill_replicas}:{self.replicas - self.prefill_replicas}"
+                             if self.prefill_replicas else None),
+            "kv_transfer_gbs": self.kv_transfer_bytes_per_s / 1e9 if self.prefill_replicas
+            else None,
             "enable_prefix_caching": self.prefix_caching,
             "hash_block_size": self.hash_block_size,
             "weight_bytes_per_gpu": self.weight_bytes_per_gpu,
@@ -266,6 +273,7 @@ def resolve(cfg: SimulationConfig) -> Deployment:
         else f"uncalibrated: datasheet defaults ({cal.path}), +-{band:.0%} error band"
     ))
     warnings = calibration_range_warnings(cal, model.name, prec, tp)
+    prefill, kv_bw = _disaggregation(cfg, gpu, count // tp, cal, prov)
     return Deployment(
         gpu=gpu, num_gpus=count, model=model, tp=tp, replicas=count // tp, precision=prec,
         calibration=cal, roofline=rf, max_num_seqs=seqs, max_num_batched_tokens=tokens,
@@ -275,4 +283,27 @@ def resolve(cfg: SimulationConfig) -> Deployment:
         activation_reserve_bytes=act, gpu_cost_per_hour=cost, router=cfg.router,
         error_band=band, provenance=prov, warnings=warnings,
         prefix_caching=e.enable_prefix_caching, hash_block_size=e.hash_block_size,
+        prefill_replicas=prefill, kv_transfer_bytes_per_s=kv_bw,
+        kv_transfer_latency_s=cfg.kv_transfer_latency_s if prefill else 0.0,
     )
+
+
+def _disaggregation(cfg: SimulationConfig, gpu: GPUSpec, replicas: int, cal: CalibrationProfile,
+                    prov: dict) -> tuple[int, float]:
+    """Prefill replicas and the per-GPU KV-transfer bandwidth of ``--disaggregate P:D``."""
+    if cfg.disaggregate is None:
+        return 0, 0.0
+    p, d = (int(x) for x in cfg.disaggregate.split(":"))
+    if p < 1 or d < 1 or p + d != replicas:
+        raise InputError(f"{cfg.disaggregate} needs {p + d} replicas, the deployment has "
+                         f"{replicas} (GPUs / tensor-parallel size)", field="disaggregate")
+    if cfg.kv_transfer_gbs is not None:
+        prov["kv_transfer_gbs"] = "--kv-transfer-gbs"
+        return p, cfg.kv_transfer_gbs * 1e9
+    link, name = gpu.interconnect_gbs()
+    # One direction of the GPU's link (datasheets print both directions), at the measured
+    # collective efficiency: every TP rank ships its own KV shard in parallel.
+    prov["kv_transfer_gbs"] = (f"{name} {link} GB/s / 2 (one direction) x comm_bus "
+                               f"{cal.efficiency.comm_bus} (same node; --kv-transfer-gbs for "
+                               "RDMA across nodes)")
+    return p, link / 2 * 1e9 * cal.efficiency.comm_bus

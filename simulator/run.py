@@ -72,6 +72,9 @@ def run_simulation(cfg: SimulationConfig, requests: list[Request],
     span = max(requests[-1].arrival, 1.0)
     sample_every = span / cfg.timeseries_points
     router_cls = ROUTERS.get(cfg.router)
+    if dep.prefill_replicas:
+        return _run_disaggregated(cfg, dep, env, requests, accepted, rejected, itl, done,
+                                  sample_every, router_cls, progress)
     plan = router_cls.assign(accepted, dep.replicas)
     per_replica: list[list[Request]] | None = None
     if plan is not None:
@@ -91,16 +94,52 @@ def run_simulation(cfg: SimulationConfig, requests: list[Request],
     elif progress:
         env.process(_ticker(env, len(requests), span, progress))
     env.run()
+    return _finish(cfg, dep, requests, done, rejected, replicas, itl, progress)
+
+
+def _finish(cfg, dep, requests, done, rejected, replicas, itl, progress,
+            extra: dict | None = None) -> SimulationResult:
     if progress:
         progress(len(requests), len(requests))
     end = max((r.finish_t for r in done), default=requests[-1].arrival)
     for rep in replicas:  # final state of each replica in the time series
         rep._sample(end)
     summary = summarize(cfg, dep, requests, done, rejected, replicas, itl, end)
+    if extra:
+        summary.update(extra)
     series = [(t, rep.index, q, run, kv, pre) for rep in replicas
               for (t, q, run, kv, pre) in rep.stats.samples]
     series.sort()
     return SimulationResult(dep, requests, summary, series)
+
+
+def _run_disaggregated(cfg, dep, env, requests, accepted, rejected, itl, done, sample_every,
+                       router_cls, progress) -> SimulationResult:
+    """P prefill replicas hand each request's KV to one of D decode replicas (live routing)."""
+    from simulator.disaggregate import Handoff, shadow_of, transfer_summary
+    from simulator.route import LeastLoaded
+
+    p = dep.prefill_replicas
+
+    def make(i: int, sink: list) -> Replica:
+        return Replica(env, i, dep.roofline, dep.num_kv_blocks, dep.block_size, dep.max_num_seqs,
+                       dep.max_num_batched_tokens, itl, sink, sample_every, None,
+                       dep.async_scheduling,
+                       PrefixCache(dep.hash_block_size, dep.block_size)
+                       if dep.prefix_caching else None)
+
+    times: list[float] = []
+    shadows = [shadow_of(r) for r in accepted]
+    real = {id(s): r for s, r in zip(shadows, accepted, strict=True)}
+    decode: list[Replica] = []
+    to_decode = LeastLoaded(decode)
+    handoff = Handoff(env, dep, lambda r: decode[to_decode.pick(r)].enqueue(r), real, times)
+    prefill = [make(i, handoff) for i in range(p)]
+    decode += [make(i, done) for i in range(p, dep.replicas)]
+    env.process(_arrivals(env, shadows, prefill, router_cls(prefill), progress))
+    env.run()
+    return _finish(cfg, dep, requests, done, rejected, prefill + decode, itl, progress,
+                   {"disaggregation": transfer_summary(times, dep)})
 
 
 def fresh(requests: list[Request]) -> list[Request]:

@@ -102,6 +102,10 @@ class Scheduler:
     def _admission(self, r: Request, budget: int) -> tuple[int, int, int]:
         """(cached groups, tokens to prefill now, KV blocks it takes) for admitting r."""
         pc = self.prefix
+        if r.remote_kv:  # KV shipped from a prefill replica: compute the last token only
+            pre = min(r.remote_kv, r.prompt_len - 1)
+            n = min(r.prompt_len - pre, budget)
+            return 0, n, blocks_for(pre + n, self.kv.bs)
         if pc is None or not r.hash_ids:
             n = min(r.prompt_len, budget)
             return 0, n, blocks_for(n, self.kv.bs)
@@ -141,6 +145,7 @@ class Scheduler:
         self._release(r, r.blocks)
         r.blocks = 0
         r.computed = 0
+        r.remote_kv = 0  # preempted: its shipped KV is gone, recompute here
         r.state = QUEUED
         r.heap_token = -1
         r.preemptions += 1
@@ -183,7 +188,11 @@ class Scheduler:
                 self.waiting.popleft()
                 r.state = PREFILL
                 r.computed = 0
-                if self.prefix is not None and r.hash_ids:
+                if r.remote_kv:
+                    r.computed = min(r.remote_kv, r.prompt_len - 1)
+                    r.blocks = nb
+                    kv.used += nb
+                elif self.prefix is not None and r.hash_ids:
                     pc = self.prefix
                     kv.used += pc.acquire(r, h)  # revived groups are charged to the cache
                     r.computed = h * pc.hash_block
