@@ -72,6 +72,7 @@ def main_command(
     = "llama-3.1-8b",
     tensor_parallel_size: Annotated[int | None, typer.Option("--tensor-parallel-size", "-tp")]
     = None,
+    pipeline_parallel_size: Annotated[int, typer.Option("--pipeline-parallel-size", "-pp")] = 1,
     max_num_seqs: Annotated[int | None, typer.Option()] = None,
     max_num_batched_tokens: Annotated[int | None, typer.Option()] = None,
     max_model_len: Annotated[int | None, typer.Option()] = None,
@@ -125,6 +126,7 @@ def main_command(
 
         engine = _engine(
             tensor_parallel_size=tensor_parallel_size, max_num_seqs=max_num_seqs,
+            pipeline_parallel_size=pipeline_parallel_size,
             max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
             gpu_memory_utilization=gpu_memory_utilization, block_size=block_size,
             quantization=quantization, kv_cache_dtype=kv_cache_dtype, dtype=dtype,

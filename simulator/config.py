@@ -59,6 +59,7 @@ class EngineArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     tensor_parallel_size: int | None = Field(default=None, ge=1)
+    pipeline_parallel_size: int = Field(default=1, ge=1)
     max_num_seqs: int | None = Field(default=None, ge=1)
     max_num_batched_tokens: int | None = Field(default=None, ge=1)
     max_model_len: int | None = Field(default=None, ge=1)

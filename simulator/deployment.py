@@ -47,6 +47,7 @@ class Deployment:
     warnings: list[str] = field(default_factory=list)
     prefix_caching: bool = True
     hash_block_size: int = 512
+    pp: int = 1  # pipeline stages per replica
     prefill_replicas: int = 0  # disaggregated serving: the first P replicas only prefill
     kv_transfer_bytes_per_s: float = 0.0  # per GPU, prefill to decode replica
     kv_transfer_latency_s: float = 0.0
@@ -73,6 +74,7 @@ class Deployment:
             "model_source": self.model.source,
             "model_params_b": round(self.model.total_params() / 1e9, 3),
             "tensor_parallel_size": self.tp,
+            "pipeline_parallel_size": self.pp,
             "data_parallel_replicas": self.replicas,
             "router": self.router,
             "max_num_seqs": self.max_num_seqs,
@@ -189,14 +191,27 @@ def resolve(cfg: SimulationConfig) -> Deployment:
     if tokens < seqs:
         raise InputError(f"must be >= max-num-seqs ({seqs})", field="max-num-batched-tokens")
 
+    pp = e.pipeline_parallel_size
+    stage_layers = -(-model.num_layers // pp)
+    if count % pp:
+        raise InputError(f"{count} GPUs do not split into {pp} pipeline stages",
+                         field="pipeline-parallel-size")
+    if pp > model.num_layers:
+        raise InputError(f"{model.num_layers} layers do not split into {pp} stages",
+                         field="pipeline-parallel-size")
+    stage_gpus = count // pp  # TP groups are formed within each pipeline stage
+
     def budget(tp: int) -> tuple[float, float, Roofline]:
         rf = Roofline(model, gpu, tp, prec, cal)
+        rf.pp = pp
         rf.spec = speculative.build(e.speculative_config, model,
                                     lambda m: Roofline(m, gpu, tp, prec, cal))
         if rf.spec is not None:
             rf.q = rf.spec.k + 1
         act = _activation_reserve(model, tp, tokens, seqs, prec.act_bytes)
-        avail = (gpu.usable_memory_bytes * e.gpu_memory_utilization - weights(rf)
+        # Each pipeline stage holds its share of the layers (the largest share: ceil).
+        avail = (gpu.usable_memory_bytes * e.gpu_memory_utilization
+                 - weights(rf) * stage_layers / model.num_layers
                  - act - cal.memory.nontorch_gib * GIB)
         return avail, act, rf
 
@@ -205,11 +220,12 @@ def resolve(cfg: SimulationConfig) -> Deployment:
 
     if e.tensor_parallel_size:
         tp = e.tensor_parallel_size
-        if tp > count:
-            raise InputError(f"{tp} exceeds the {count} GPU(s) of --gpu {cfg.gpu}",
+        if tp > stage_gpus:
+            raise InputError(f"{tp} exceeds the {stage_gpus} GPU(s) of --gpu {cfg.gpu}"
+                             + (" per pipeline stage" if pp > 1 else ""),
                              field="tensor-parallel-size")
-        if count % tp:
-            raise InputError(f"{count} GPUs do not split into TP{tp} replicas",
+        if stage_gpus % tp:
+            raise InputError(f"{stage_gpus} GPUs do not split into TP{tp} replicas",
                              field="tensor-parallel-size")
         avail, act, rf = budget(tp)
         prov["tensor_parallel_size"] = "--tensor-parallel-size"
@@ -219,7 +235,7 @@ def resolve(cfg: SimulationConfig) -> Deployment:
             avail, act, rf = budget(tp)
             if avail > 0 and (model.num_heads % tp == 0):
                 break
-            if tp * 2 > count:
+            if tp * 2 > stage_gpus:
                 raise InputError(
                     f"{model.name} ({model.total_params() / 1e9:.1f}B params, "
                     f"{rf.weight_bytes_per_gpu() * tp / GIB:.1f} GiB of weights) does not fit on "
@@ -244,7 +260,7 @@ def resolve(cfg: SimulationConfig) -> Deployment:
     if e.enable_prefix_caching and e.hash_block_size % e.block_size:
         raise InputError(f"{e.hash_block_size} is not a multiple of --block-size {e.block_size}",
                          field="hash-block-size")
-    kv_token = rf.kv_bytes_token_layer * model.num_layers + (
+    kv_token = rf.kv_bytes_token_layer * stage_layers + (
         rf.spec.kv_bytes_per_token() if rf.spec else 0.0)
     blocks = int(avail // (kv_token * e.block_size))
     cap = blocks * e.block_size
@@ -273,17 +289,19 @@ def resolve(cfg: SimulationConfig) -> Deployment:
         else f"uncalibrated: datasheet defaults ({cal.path}), +-{band:.0%} error band"
     ))
     warnings = calibration_range_warnings(cal, model.name, prec, tp)
-    prefill, kv_bw = _disaggregation(cfg, gpu, count // tp, cal, prov)
+    replicas = count // (tp * pp)
+    prefill, kv_bw = _disaggregation(cfg, gpu, replicas, cal, prov)
     return Deployment(
-        gpu=gpu, num_gpus=count, model=model, tp=tp, replicas=count // tp, precision=prec,
+        gpu=gpu, num_gpus=count, model=model, tp=tp, replicas=replicas, precision=prec,
         calibration=cal, roofline=rf, max_num_seqs=seqs, max_num_batched_tokens=tokens,
         max_model_len=max_len, block_size=e.block_size,
         gpu_memory_utilization=e.gpu_memory_utilization, num_kv_blocks=blocks,
-        kv_bytes_per_token=kv_token, weight_bytes_per_gpu=weights(rf),
+        kv_bytes_per_token=kv_token,
+        weight_bytes_per_gpu=weights(rf) * stage_layers / model.num_layers,
         activation_reserve_bytes=act, gpu_cost_per_hour=cost, router=cfg.router,
         error_band=band, provenance=prov, warnings=warnings,
         prefix_caching=e.enable_prefix_caching, hash_block_size=e.hash_block_size,
-        prefill_replicas=prefill, kv_transfer_bytes_per_s=kv_bw,
+        pp=pp, prefill_replicas=prefill, kv_transfer_bytes_per_s=kv_bw,
         kv_transfer_latency_s=cfg.kv_transfer_latency_s if prefill else 0.0,
     )
 
@@ -293,6 +311,9 @@ def _disaggregation(cfg: SimulationConfig, gpu: GPUSpec, replicas: int, cal: Cal
     """Prefill replicas and the per-GPU KV-transfer bandwidth of ``--disaggregate P:D``."""
     if cfg.disaggregate is None:
         return 0, 0.0
+    if cfg.engine.pipeline_parallel_size > 1:
+        raise InputError("disaggregation with pipeline parallelism is not modelled",
+                         field="disaggregate")
     p, d = (int(x) for x in cfg.disaggregate.split(":"))
     if p < 1 or d < 1 or p + d != replicas:
         raise InputError(f"{cfg.disaggregate} needs {p + d} replicas, the deployment has "

@@ -75,18 +75,22 @@ def run_simulation(cfg: SimulationConfig, requests: list[Request],
     if dep.prefill_replicas:
         return _run_disaggregated(cfg, dep, env, requests, accepted, rejected, itl, done,
                                   sample_every, router_cls, progress)
-    plan = router_cls.assign(accepted, dep.replicas)
+    # A pipeline-parallel replica keeps pp batches in flight, each crossing every stage: it runs
+    # as pp engines sharing its KV cache and batch limits, each step costing the whole model.
+    n = dep.replicas * dep.pp
+    plan = router_cls.assign(accepted, n)
     per_replica: list[list[Request]] | None = None
     if plan is not None:
-        per_replica = [[] for _ in range(dep.replicas)]
+        per_replica = [[] for _ in range(n)]
         for r, i in zip(accepted, plan, strict=True):
             per_replica[i].append(r)
     replicas = [
-        Replica(env, i, dep.roofline, dep.num_kv_blocks, dep.block_size, dep.max_num_seqs,
-                dep.max_num_batched_tokens, itl, done, sample_every,
-                None if per_replica is None else per_replica[i], dep.async_scheduling,
+        Replica(env, i, dep.roofline, dep.num_kv_blocks // dep.pp, dep.block_size,
+                max(dep.max_num_seqs // dep.pp, 1), dep.max_num_batched_tokens, itl, done,
+                sample_every, None if per_replica is None else per_replica[i],
+                dep.async_scheduling,
                 PrefixCache(dep.hash_block_size, dep.block_size) if dep.prefix_caching else None)
-        for i in range(dep.replicas)
+        for i in range(n)
     ]
     if plan is None:
         router = router_cls(replicas)
@@ -222,7 +226,7 @@ def summarize(cfg: SimulationConfig, dep: Deployment, requests: list[Request],
         "slo": slos,
         "kv_cache_utilization": {
             "mean": sum(s.kv_integral for s in stats) / (duration * len(stats)),
-            "peak": max(s.kv_peak_blocks for s in stats) / dep.num_kv_blocks,
+            "peak": max(s.kv_peak_blocks for s in stats) / replicas[0].sched.kv.total,
         },
         "mean_batch_size": sum(s.seq_steps for s in stats) / steps if steps else 0.0,
         "prefix_cache": _prefix_summary(dep, replicas),

@@ -110,6 +110,7 @@ class Roofline:
         # sequence per step, and the draft's own cost.
         self.spec = None
         self.q = 1
+        self.pp = 1  # pipeline stages (set by the deployment)
         self._k_cache: dict[int, tuple[float, float, float]] = {}
         self._layer_cache: dict[int, tuple[float, float, float]] = {}
 
@@ -187,6 +188,12 @@ class Roofline:
                         self.head_params * 2 + n_logits * self.model.vocab / self.tp * 4, 0.0,
                         self.rc_head, self.rm_gemm, INF, 0.0))
         n_seqs = n_decode + len(prefills)
+        if self.pp > 1:
+            # Each stage boundary sends the batch's hidden states to the next stage's GPUs.
+            tokens = n_decode * self.q + sum(n for n, _ in prefills)
+            out.append((f"pp_send({self.link_name})", self.pp - 1, 0.0, 0.0,
+                        tokens * self.model.hidden * self.prec.act_bytes / self.tp, INF, INF,
+                        self.rn, self.overhead.comm_latency_s))
         out.append(("step_overhead(cpu)", 1, 0.0, 0.0, 0.0, INF, INF, INF,
                     self.overhead.step_s + self.overhead.per_seq_s * n_seqs
                     + (self.overhead.prefill_step_s if prefills else 0.0)))
