@@ -190,6 +190,7 @@ def explain(
     model: Annotated[str, typer.Option()] = "llama-3.1-8b",
     tensor_parallel_size: Annotated[int | None, typer.Option("--tensor-parallel-size", "-tp")]
     = None,
+    pipeline_parallel_size: Annotated[int, typer.Option("--pipeline-parallel-size", "-pp")] = 1,
     quantization: Annotated[str | None, typer.Option()] = None,
     sparsity: Annotated[str | None, typer.Option()] = None,
     speculative_config: Annotated[str | None, typer.Option()] = None,
@@ -207,6 +208,7 @@ def explain(
         from simulator.deployment import resolve
 
         engine = _engine(tensor_parallel_size=tensor_parallel_size, quantization=quantization,
+                         pipeline_parallel_size=pipeline_parallel_size,
                          kv_cache_dtype=kv_cache_dtype, sparsity=sparsity,
                          speculative_config=_json_flag(speculative_config, "speculative-config"))
         dep = resolve(validated(SimulationConfig, gpu=gpu, model=model, engine=engine,

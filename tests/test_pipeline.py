@@ -47,3 +47,11 @@ def test_bad_pipeline_shapes_are_refused():
     with pytest.raises(InputError, match="disaggregation with pipeline parallelism"):
         resolve(SimulationConfig(gpu="h100x4", disaggregate="1:1",
                                  engine={"pipeline_parallel_size": 2}))
+
+
+def test_explain_shows_the_stage_sends():
+    from tests.test_cli import simulate
+
+    p = simulate("explain", "--gpu", "h100x4", "--model", "llama-3.1-70b", "-tp", "2", "-pp", "2",
+                 "--decode", "16x1000")
+    assert p.returncode == 0 and "pp_send(nvlink)" in p.stdout
