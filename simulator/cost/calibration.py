@@ -31,6 +31,10 @@ class Efficiency(BaseModel):
     # (grouped GEMM, routing, permutation) relative to dense ones. None: same as gemm_compute / 1.
     gemm_compute_fp8: float | None = Field(default=None, gt=0, le=1)
     moe_gemm: float | None = Field(default=None, gt=0, le=1)
+    # W4A16 (AWQ/GPTQ on Marlin kernels), relative to the 16-bit GEMM: compute rate (dequantising
+    # in registers) and achieved bandwidth streaming the 4-bit weights.
+    w4a16_compute: float | None = Field(default=None, gt=0, le=2)
+    w4a16_stream: float | None = Field(default=None, gt=0, le=2)
 
 
 class Overhead(BaseModel):

@@ -17,12 +17,10 @@ from simulator.errors import InputError
 from simulator.gpu import GPUSpec
 from simulator.registry import Registry
 
-# W4A16 (AWQ/GPTQ, Marlin kernels): 4-bit weights plus one fp16 scale per group of 128.
+# W4A16 (AWQ/GPTQ, Marlin kernels): 4-bit weights plus one fp16 scale per group of 128. Their
+# compute and streaming efficiencies relative to 16-bit GEMMs are calibration values
+# (Efficiency.w4a16_compute / w4a16_stream: measured on the H100, assumed elsewhere).
 W4_BYTES = 0.5 + 2 / 128
-# Assumption: Marlin keeps ~0.8 of the 16-bit GEMM rate when compute-bound (dequantising in
-# registers); memory-bound it streams 4x fewer bytes (Frantar et al. 2024, "MARLIN", fig. 1:
-# near-ideal 3.9x at batch <= 16-32, falling towards ~1.5x at 128).
-W4A16_DEQUANT = 0.80
 # 2:4 sparsity keeps half the values plus 2 bits of position metadata per kept value.
 SPARSE_META_BITS = 2
 
@@ -69,9 +67,10 @@ def _int8(gpu: GPUSpec, dtype: str, prov: dict) -> tuple[float, str, float, str]
 
 def _w4a16(name: str) -> Scheme:
     def scheme(gpu: GPUSpec, dtype: str, prov: dict) -> tuple[float, str, float, str]:
-        prov["quantization_dequant"] = (f"assumption: W4A16 GEMMs at {W4A16_DEQUANT} of the "
-                                        f"{dtype} rate (Marlin dequantisation)")
-        return W4_BYTES, dtype, W4A16_DEQUANT, f"{name} W4A16 (4-bit weights, group 128), {dtype} math"
+        prov["quantization_dequant"] = ("W4A16 GEMM compute and weight-streaming efficiency "
+                                        "relative to 16-bit: calibration w4a16_compute, "
+                                        "w4a16_stream")
+        return W4_BYTES, dtype, 1.0, f"{name} W4A16 (4-bit weights, group 128), {dtype} math"
     return scheme
 
 

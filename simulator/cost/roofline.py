@@ -62,9 +62,13 @@ class Roofline:
         eight = prec.gemm_dtype in ("fp8", "int8") and e.gemm_compute_fp8
         gemm_eff = e.gemm_compute_fp8 if eight else e.gemm_compute
         self.rc_gemm = gpu.peak_flops(prec.gemm_dtype) * gemm_eff * prec.gemm_rate_factor
+        w4 = prec.scheme in ("awq", "gptq")
         self.moe_eff = e.moe_gemm or 1.0
         self.rc_head = gpu.peak_flops(prec.attn_dtype) * e.gemm_compute  # lm_head stays 16-bit
         self.rm_gemm = bw * e.gemm_memory
+        if w4:  # Marlin: dequantise in registers, stream 4-bit weights
+            self.rc_gemm *= e.w4a16_compute or 1.0
+            self.rm_gemm *= e.w4a16_stream or 1.0
         self.rc_attn_p = gpu.peak_flops(prec.attn_dtype) * e.attn_prefill_compute
         self.rm_attn_p = bw * e.attn_prefill_memory
         self.rc_attn_d = gpu.peak_flops(prec.attn_dtype) * e.attn_decode_compute

@@ -6,7 +6,8 @@
 # Groups: llama-bf16 llama-fp8 llama-small moe big big-bf16 (bf16 32B: H200 only, 64 GB of weights)
 #         spec-l3 spec-l1 (draft Llama-3.2-1B, k=4, vLLM's synthetic rejection sampling at mean
 #         acceptance length 3.0 / 1.0), prefix prefix-off (prefix-heavy synthetic traces with
-#         vLLM's prefix caching on / off), awq (Llama-3.1-8B AWQ W4A16, random 4-bit weights)
+#         vLLM's prefix caching on / off), awq (Llama-3.1-8B AWQ W4A16, random 4-bit weights),
+#         kv-fp8 (Llama-3.1-8B bf16 with an FP8 KV cache)
 set -euo pipefail
 DEST=$1; shift
 T=profiles/calibration/measurements/traces
@@ -28,6 +29,8 @@ for g in "$@"; do
     spec-l3|spec-l1) L=${g#spec-l}; $P --model llama-3.1-8b --speculative-config \
         "{\"method\": \"draft_model\", \"model\": \"llama-3.2-1b\", \"num_speculative_tokens\": 4, \"rejection_sample_method\": \"synthetic\", \"synthetic_acceptance_length\": $L.0}" \
         --trace $T/az-r2.jsonl --trace $T/az-r8.jsonl --out $DEST/llama8b-bf16-spec-d1b-k4-l$L ;;
+    kv-fp8) $P --model llama-3.1-8b --kv-cache-dtype fp8 --trace $T/az-r8.jsonl \
+        --trace $T/az-r20.jsonl --out $DEST/llama8b-bf16-kvfp8 ;;
     awq) $P --model llama-3.1-8b-awq --trace $T/az-r2.jsonl --trace $T/az-r8.jsonl \
         --trace $T/az-r20.jsonl --out $DEST/llama8b-awq ;;
     prefix) $P --model llama-3.1-8b --enable-prefix-caching --trace $T/prefix-s4.jsonl \
