@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import simpy
 
-from simulator.metrics import LogHistogram
 from simulator.request import Request
 
 
@@ -53,5 +52,3 @@ def transfer_summary(times: list[float], dep) -> dict:
                               "p50": s[len(s) // 2] if s else None,
                               "p99": s[min(len(s) - 1, int(len(s) * 0.99))] if s else None}}
 
-
-__all__ = ["Handoff", "LogHistogram", "shadow_of", "transfer_summary"]
