@@ -149,7 +149,7 @@ def main_command(
             for r in requests:
                 r.arrival /= rate_scale
         if cfg.engine.speculative_config is not None:
-            from simulator.run import fresh
+            from simulator.request import fresh
 
             baseline = fresh(requests)  # the same trace without speculation, for the speed-up
         t0 = time.perf_counter()

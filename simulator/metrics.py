@@ -17,6 +17,15 @@ from collections.abc import Sequence
 PCTS = (50, 90, 95, 99)
 
 
+def lookup(d: dict, dotted: str):
+    """A nested summary value by dotted key (``"ttft_s.p90"``), or None where it is missing."""
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
 def percentile(sorted_vals: Sequence[float], q: float) -> float:
     n = len(sorted_vals)
     if n == 0:

@@ -22,18 +22,14 @@ _TRACES: dict[tuple, list] = {}
 
 
 def cached_trace(path: str, fmt: str | None, rate_scale: float = 1.0) -> list:
-    """The trace's requests as fresh Request objects (a run mutates them)."""
-    from simulator.request import Request
+    """The trace's requests, loaded once per process, as fresh copies (a run mutates them)."""
+    from simulator.request import fresh
     from simulator.trace import load_trace
 
     key = (path, fmt)
     if key not in _TRACES:
-        _TRACES[key] = [(r.rid, r.arrival, r.input_tokens, r.output_tokens, r.line, r.session_id,
-                         r.hash_ids) for r in load_trace(path, fmt)]
-    rows = _TRACES[key]
-    t0 = rows[0][1]
-    return [Request(rid, t0 + (a - t0) / rate_scale, i, o, line, s, h)
-            for rid, a, i, o, line, s, h in rows]
+        _TRACES[key] = load_trace(path, fmt)  # never simulated itself: only copies are
+    return fresh(_TRACES[key], rate_scale)
 
 
 def _quiet_worker() -> None:

@@ -79,3 +79,10 @@ class Request:
         if self.finish_t is None or self.first_token_t is None or self.output_tokens < 2:
             return None
         return (self.finish_t - self.first_token_t) / (self.output_tokens - 1)
+
+
+def fresh(requests: list[Request], rate_scale: float = 1.0) -> list[Request]:
+    """Unsimulated copies (a run writes its outcome into its Request objects), at
+    ``rate_scale`` times the load (arrival times divided, as ``--rate-scale`` does)."""
+    return [Request(r.rid, r.arrival / rate_scale, r.input_tokens, r.output_tokens, r.line,
+                    r.session_id, r.hash_ids, r.accept) for r in requests]

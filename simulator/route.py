@@ -70,20 +70,13 @@ class LeastLoaded:
 
 
 @ROUTERS.register("prefix-affinity")
-class PrefixAffinity:
+class PrefixAffinity(LeastLoaded):
     """Cache-aware routing (as SGLang's router and vLLM's production-stack prefix router do):
     among the replicas no more than ``SPILL`` requests busier than the least-loaded one, the
     one whose prefix cache holds the longest start of the request's hash_ids; on a tie, or
-    when nothing matches, the least-loaded one."""
+    when nothing matches, the least-loaded one. Live, like least-loaded."""
 
     SPILL = 16
-
-    def __init__(self, replicas: Sequence[Routable]) -> None:
-        self.replicas = replicas
-
-    @classmethod
-    def assign(cls, requests: Sequence[Request], n_replicas: int) -> None:
-        return None
 
     def pick(self, req: Request) -> int:
         loads = [r.load() for r in self.replicas]

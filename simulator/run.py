@@ -12,7 +12,7 @@ from simulator.deployment import Deployment, context_range_warning, resolve
 from simulator.metrics import LogHistogram, distribution
 from simulator.prefix_cache import PrefixCache
 from simulator.replica import Replica
-from simulator.request import REJECTED, Request
+from simulator.request import REJECTED, Request, fresh
 from simulator.route import ROUTERS
 
 Progress = Callable[[int, int], None]
@@ -84,14 +84,8 @@ def run_simulation(cfg: SimulationConfig, requests: list[Request],
         per_replica = [[] for _ in range(n)]
         for r, i in zip(accepted, plan, strict=True):
             per_replica[i].append(r)
-    replicas = [
-        Replica(env, i, dep.roofline, dep.num_kv_blocks // dep.pp, dep.block_size,
-                max(dep.max_num_seqs // dep.pp, 1), dep.max_num_batched_tokens, itl, done,
-                sample_every, None if per_replica is None else per_replica[i],
-                dep.async_scheduling,
-                PrefixCache(dep.hash_block_size, dep.block_size) if dep.prefix_caching else None)
-        for i in range(n)
-    ]
+    replicas = [_replica(env, dep, i, itl, done, sample_every,
+                         None if per_replica is None else per_replica[i]) for i in range(n)]
     if plan is None:
         router = router_cls(replicas)
         env.process(_arrivals(env, accepted, replicas, router, progress))
@@ -99,6 +93,16 @@ def run_simulation(cfg: SimulationConfig, requests: list[Request],
         env.process(_ticker(env, len(requests), span, progress))
     env.run()
     return _finish(cfg, dep, requests, done, rejected, replicas, itl, progress)
+
+
+def _replica(env: simpy.Environment, dep: Deployment, i: int, itl: LogHistogram, sink: list,
+             sample_every: float, incoming: list[Request] | None = None) -> Replica:
+    """One engine of the deployment (one of a pipeline-parallel replica's ``pp``)."""
+    return Replica(env, i, dep.roofline, dep.num_kv_blocks // dep.pp, dep.block_size,
+                   max(dep.max_num_seqs // dep.pp, 1), dep.max_num_batched_tokens, itl, sink,
+                   sample_every, incoming, dep.async_scheduling,
+                   PrefixCache(dep.hash_block_size, dep.block_size) if dep.prefix_caching
+                   else None)
 
 
 def _finish(cfg, dep, requests, done, rejected, replicas, itl, progress,
@@ -124,32 +128,18 @@ def _run_disaggregated(cfg, dep, env, requests, accepted, rejected, itl, done, s
     from simulator.route import LeastLoaded
 
     p = dep.prefill_replicas
-
-    def make(i: int, sink: list) -> Replica:
-        return Replica(env, i, dep.roofline, dep.num_kv_blocks, dep.block_size, dep.max_num_seqs,
-                       dep.max_num_batched_tokens, itl, sink, sample_every, None,
-                       dep.async_scheduling,
-                       PrefixCache(dep.hash_block_size, dep.block_size)
-                       if dep.prefix_caching else None)
-
     times: list[float] = []
     shadows = [shadow_of(r) for r in accepted]
     real = {id(s): r for s, r in zip(shadows, accepted, strict=True)}
     decode: list[Replica] = []
     to_decode = LeastLoaded(decode)
     handoff = Handoff(env, dep, lambda r: decode[to_decode.pick(r)].enqueue(r), real, times)
-    prefill = [make(i, handoff) for i in range(p)]
-    decode += [make(i, done) for i in range(p, dep.replicas)]
+    prefill = [_replica(env, dep, i, itl, handoff, sample_every) for i in range(p)]
+    decode += [_replica(env, dep, i, itl, done, sample_every) for i in range(p, dep.replicas)]
     env.process(_arrivals(env, shadows, prefill, router_cls(prefill), progress))
     env.run()
     return _finish(cfg, dep, requests, done, rejected, prefill + decode, itl, progress,
                    {"disaggregation": transfer_summary(times, dep)})
-
-
-def fresh(requests: list[Request]) -> list[Request]:
-    """Unsimulated copies (a run writes its outcome into its Request objects)."""
-    return [Request(r.rid, r.arrival, r.input_tokens, r.output_tokens, r.line, r.session_id,
-                    r.hash_ids, r.accept) for r in requests]
 
 
 def speculative_summary(cfg: SimulationConfig, dep: Deployment, requests: list[Request],
@@ -162,10 +152,9 @@ def speculative_summary(cfg: SimulationConfig, dep: Deployment, requests: list[R
     base_cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(
         update={"speculative_config": None})})
     base = run_simulation(base_cfg, fresh(requests)).summary
-    rates = [sp.tokens_per_step(r.accept) for r in requests if r.accept is not None]
     out = {"method": sp.method, "num_speculative_tokens": sp.k,
            "mean_accepted_length": sp.tokens_per_step(),
-           "per_request_rates": len(rates)}
+           "per_request_rates": sum(r.accept is not None for r in requests)}
     for key in ("tpot_s", "e2e_s", "ttft_s"):
         b, s = base[key]["p50"], summary[key]["p50"]
         out[f"baseline_{key}_p50"] = b

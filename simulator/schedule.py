@@ -97,23 +97,23 @@ class Scheduler:
             budget -= n
             if budget <= 0:
                 return False
-        return self._admission(head, budget)[2] <= free
+        return self._admission(head, budget)[3] <= free
 
-    def _admission(self, r: Request, budget: int) -> tuple[int, int, int]:
-        """(cached groups, tokens to prefill now, KV blocks it takes) for admitting r."""
+    def _admission(self, r: Request, budget: int) -> tuple[int, int, int, int]:
+        """(cached groups, tokens already computed, tokens to prefill now, KV blocks newly
+        charged) for admitting r. Computed tokens come from KV shipped by a prefill replica
+        (all but the last prompt token) or from cached hash groups; cached groups held by
+        another request cost nothing, free ones are revived (charged again)."""
         pc = self.prefix
-        if r.remote_kv:  # KV shipped from a prefill replica: compute the last token only
+        h = pre = cached = 0  # cached: blocks of held groups, not charged again
+        if r.remote_kv:
             pre = min(r.remote_kv, r.prompt_len - 1)
-            n = min(r.prompt_len - pre, budget)
-            return 0, n, blocks_for(pre + n, self.kv.bs)
-        if pc is None or not r.hash_ids:
-            n = min(r.prompt_len, budget)
-            return 0, n, blocks_for(n, self.kv.bs)
-        h = pc.match(r)
-        hit = h * pc.hash_block
-        n = min(r.prompt_len - hit, budget)
-        revive = sum(1 for g in r.hash_ids[:h] if g in pc.free_lru) * pc.bpg
-        return h, n, blocks_for(hit + n, self.kv.bs) - h * pc.bpg + revive
+        elif pc is not None and r.hash_ids:
+            h = pc.match(r)
+            pre = h * pc.hash_block
+            cached = sum(1 for g in r.hash_ids[:h] if g not in pc.free_lru) * pc.bpg
+        n = min(r.prompt_len - pre, budget)
+        return h, pre, n, blocks_for(pre + n, self.kv.bs) - cached
 
     def _release(self, r: Request, blocks: int) -> None:
         """Free r's KV blocks: its own now, its cached groups once nobody else holds them."""
@@ -182,27 +182,17 @@ class Scheduler:
         if not preempted:
             while self.waiting and budget > 0 and self.running < self.max_seqs:
                 r = self.waiting[0]
-                h, n, nb = self._admission(r, budget)
+                h, pre, n, nb = self._admission(r, budget)
                 if nb > kv.free:
                     break
                 self.waiting.popleft()
                 r.state = PREFILL
-                r.computed = 0
-                if r.remote_kv:
-                    r.computed = min(r.remote_kv, r.prompt_len - 1)
-                    r.blocks = nb
-                    kv.used += nb
-                elif self.prefix is not None and r.hash_ids:
-                    pc = self.prefix
-                    kv.used += pc.acquire(r, h)  # revived groups are charged to the cache
-                    r.computed = h * pc.hash_block
-                    r.shared = h * pc.bpg
-                    own = blocks_for(r.computed + n, bs) - r.shared
-                    r.blocks = r.shared + own
-                    kv.used += own
-                else:
-                    r.blocks = nb
-                    kv.used += nb
+                r.computed = pre
+                r.blocks = blocks_for(pre + n, bs)  # its context, shared groups included
+                kv.used += nb
+                if self.prefix is not None and r.hash_ids and not r.remote_kv:
+                    self.prefix.acquire(r, h)  # the groups it holds; revivals are in nb
+                    r.shared = h * self.prefix.bpg
                 self.prefilling.append(r)
                 step.chunks.append((r, n))
                 budget -= n

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from simulator.config import SimulationConfig, validated
 from simulator.errors import InputError
+from simulator.metrics import lookup
 from simulator.parallel import cached_trace
 
 AXES = ("gpu", "tensor_parallel_size", "max_num_seqs", "max_num_batched_tokens", "quantization",
@@ -86,14 +87,8 @@ def label(point: dict) -> str:
     return " ".join(bits)
 
 
-def get(d: dict, dotted: str):
-    for part in dotted.split("."):
-        d = d.get(part) if isinstance(d, dict) else None
-    return d
-
-
 def summary_row(summary: dict) -> dict:
-    flat = {k: get(summary, k) for k in METRIC_COLUMNS}
+    flat = {k: lookup(summary, k) for k in METRIC_COLUMNS}
     c = summary["config"]
     flat["num_gpus"] = c["num_gpus"]
     flat["data_parallel_replicas"] = c["data_parallel_replicas"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from simulator.config import EngineArgs, SimulationConfig
 from simulator.errors import InputError
-from simulator.metrics import distribution
+from simulator.report.data import profiler_summary
 from simulator.request import Request
 from simulator.run import run_simulation
 
@@ -22,18 +22,6 @@ GPU_NAMES = {"NVIDIA H100 80GB HBM3": "h100", "NVIDIA H200": "h200",
              "NVIDIA H100 PCIe": "h100-pcie"}
 METRICS = ("ttft_s", "tpot_s", "e2e_s")
 PCTS = ("p50", "p90", "p99")
-
-
-def measured_metrics(rows: list[dict]) -> dict:
-    done = [r for r in rows if r["finish_s"] is not None]
-    ttft = [r["first_token_s"] - r["arrival_s"] for r in done]
-    e2e = [r["finish_s"] - r["arrival_s"] for r in done]
-    tpot = [(r["finish_s"] - r["first_token_s"]) / (r["output_tokens"] - 1)
-            for r in done if r["output_tokens"] > 1]
-    span = max(r["finish_s"] for r in done) - min(r["arrival_s"] for r in rows)
-    return {"ttft_s": distribution(ttft), "tpot_s": distribution(tpot),
-            "e2e_s": distribution(e2e), "request_throughput": len(done) / span,
-            "completed": len(done)}
 
 
 def load_run(run_dir: Path) -> tuple[SimulationConfig, list[Request], list[dict], dict]:
@@ -78,7 +66,7 @@ def validate_run(run_dir: Path, calibration: str | None = None) -> dict:
     if calibration is not None:
         cfg = cfg.model_copy(update={"calibration": calibration})
     sim = run_simulation(cfg, reqs).summary
-    meas = measured_metrics(rows)
+    meas = profiler_summary(rows)[0]
     err = {f"{m}.{p}": sim[m][p] / meas[m][p] - 1 for m in METRICS for p in PCTS}
     err["request_throughput"] = sim["request_throughput"] / meas["request_throughput"] - 1
     return {"run": f"{run_dir.parent.name}/{run_dir.name}", "measured": meas,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator.report.html import get
+from simulator.metrics import lookup
 from tests.conftest import ROOT, poisson_rows, write_trace
 from tests.test_cli import simulate
 
@@ -58,7 +58,7 @@ def test_every_simulate_run_writes_a_report_whose_numbers_are_the_summary(run_di
             "cost_per_hour_usd", "cost_per_million_output_tokens"} <= keys
     for cls, run, key, value, text in found:
         assert run == 0
-        assert value == get(summary, key), key
+        assert value == lookup(summary, key), key
         number, half_digit = shown(text)
         assert abs(number - value) <= half_digit, (key, text)
         if key.split(".")[0] in ("ttft_s", "tpot_s"):  # SLO colouring follows the numbers

@@ -154,3 +154,15 @@ def test_sweep_has_a_speculation_axis(trace, tmp_path):
         gpu="h100", engine={"speculative_config": spec}), load_trace(trace)).summary)
     assert float(rows[1]["tpot_s.p50"]) == pytest.approx(ref["tpot_s.p50"], rel=1e-5)
     assert float(rows[1]["tpot_s.p50"]) < float(rows[0]["tpot_s.p50"])
+
+
+def test_worker_traces_are_fresh_copies_that_keep_per_request_fields(tmp_path):
+    from simulator.parallel import cached_trace
+
+    rows = poisson_rows(5, 2.0)
+    rows[2]["acceptance_rate"] = 0.25
+    path = str(write_trace(tmp_path / "acc.jsonl", rows))
+    a, b = cached_trace(path, None, 2.0), cached_trace(path, None, 2.0)
+    assert a[0] is not b[0]  # a run mutates its requests: each call gets its own
+    assert [r.arrival for r in a] == [row["arrival_s"] / 2 for row in rows]
+    assert a[2].accept == 0.25

@@ -293,7 +293,7 @@ class Roofline:
                            not o[0].startswith("draft:attention_decode")])
             k = (lay[0] + rest[0] + d[0], lay[1] + rest[1] + d[1], lay[2] + rest[2] + d[2])
             self._k_cache[batch] = k
-        return DecodeRun(self, batch, ctx0, k, batch if growth is None else growth)
+        return DecodeRun(self, batch, ctx0, k, growth)
 
 
 class DecodeRun:

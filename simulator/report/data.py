@@ -178,6 +178,14 @@ def _measured_summary(rows: list[Row], arrivals: list[float], failed: int, input
     }
 
 
+def profiler_summary(recs: list[dict], extra: dict | None = None) -> tuple[dict, list[Row]]:
+    """Measured metrics of a profiler run's requests.jsonl records, and its completed rows."""
+    rows = [(r["arrival_s"], r["first_token_s"], r["finish_s"], r["output_tokens"])
+            for r in recs if r.get("finish_s") is not None]
+    return _measured_summary(rows, [r["arrival_s"] for r in recs], len(recs) - len(rows),
+                             sum(r["input_tokens"] for r in recs), extra or {}), rows
+
+
 def from_profiler_dir(path: Path, label: str | None = None) -> RunData:
     """A run measured by ``simulator.profiler`` (meta.json + requests.jsonl)."""
     try:
@@ -185,16 +193,11 @@ def from_profiler_dir(path: Path, label: str | None = None) -> RunData:
         recs = [json.loads(x) for x in (path / "requests.jsonl").read_text().splitlines() if x]
     except (OSError, json.JSONDecodeError) as e:
         raise InputError(f"not a measured run folder ({e})", file=str(path)) from None
-    rows = [(r["arrival_s"], r["first_token_s"], r["finish_s"], r["output_tokens"])
-            for r in recs if r.get("finish_s") is not None]
-    arrivals = [r["arrival_s"] for r in recs]
-    summary = _measured_summary(rows, arrivals, len(recs) - len(rows),
-                                sum(r["input_tokens"] for r in recs),
-                                {"config": {"gpu": meta.get("gpu"), "model": meta.get("model"),
-                                            "engine_args": meta.get("engine_args", {}),
-                                            "vllm": meta.get("vllm")}})
+    summary, rows = profiler_summary(recs, {"config": {
+        "gpu": meta.get("gpu"), "model": meta.get("model"),
+        "engine_args": meta.get("engine_args", {}), "vllm": meta.get("vllm")}})
     return _build(label or f"measured {path.parent.name}/{path.name}", "measured", summary,
-                  rows, min(arrivals))
+                  rows, min(r["arrival_s"] for r in recs))
 
 
 def read_bench_json(path: Path) -> dict:

@@ -17,6 +17,7 @@ from pathlib import Path
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
+from simulator.metrics import lookup
 from simulator.report import figures
 from simulator.report.data import RunData
 
@@ -50,14 +51,6 @@ tr.diff td{background:#fff7d6} details{margin:8px 0}
 """
 
 
-def get(d: dict, dotted: str):
-    for part in dotted.split("."):
-        if not isinstance(d, dict) or part not in d:
-            return None
-        d = d[part]
-    return d
-
-
 def fmt(v, unit: str) -> str:
     """How a value is shown; tests parse these back (ms x1e3, pct x100)."""
     if v is None:
@@ -85,7 +78,7 @@ def headline_table(runs: list[RunData]) -> str:
     head = "".join(f"<th>{html.escape(r.label)}</th>" for r in runs)
     rows = [f"<tr><th class='k'>metric</th>{head}</tr>"]
     for key, label, unit in HEADLINE:
-        vals = [get(r.summary, key) for r in runs]
+        vals = [lookup(r.summary, key) for r in runs]
         if all(v is None for v in vals):
             continue
         cells = "".join(_cell(i, key, v, unit, _slo_class(r.summary, key, v))
@@ -137,7 +130,7 @@ def error_rows(sim: RunData, meas: RunData) -> dict[str, float | None]:
     """Signed error (simulated / measured - 1) of each compared metric."""
     out = {}
     for k in ERROR_KEYS:
-        s, m = get(sim.summary, k), get(meas.summary, k)
+        s, m = lookup(sim.summary, k), lookup(meas.summary, k)
         out[k] = None if s is None or not m else s / m - 1
     return out
 
@@ -159,7 +152,7 @@ def _status(r: RunData) -> str:
     s = r.summary
     if r.kind == "measured":
         return f"{html.escape(r.label)}: measured"
-    cal = get(s, "config.calibration") or {}
+    cal = lookup(s, "config.calibration") or {}
     band = s.get("error_band")
     what = (f"calibrated ({cal.get('name')})" if s.get("calibrated") else
             "UNCALIBRATED (datasheet defaults or transferred efficiencies)")
