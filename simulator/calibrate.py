@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -28,18 +29,30 @@ from simulator.gpu import parse_deployment
 from simulator.paths import profiles_dir
 from simulator.validate import load_run
 
+# Nothing streams HBM faster than a device-to-device copy: 0.89 of the datasheet bandwidth on
+# both lent GPUs (profiles/calibration/operators). Bandwidth efficiencies stop there, so a fit
+# cannot buy decode speed with unphysical bandwidth and hide the difference in other terms.
+COPY_BW = 0.9
+
 # (section, key, lower bound, upper bound): what the fit may move.
 PARAMS = (
     ("efficiency", "gemm_compute", 0.05, 1.0),
     ("efficiency", "gemm_compute_fp8", 0.05, 1.0),
-    ("efficiency", "gemm_memory", 0.2, 1.0),
+    ("efficiency", "gemm_memory", 0.2, COPY_BW),
+    ("efficiency", "gemm_memory_fp8", 0.2, COPY_BW),
     ("efficiency", "attn_prefill_compute", 0.05, 1.0),
-    ("efficiency", "attn_decode_memory", 0.1, 1.0),
+    ("efficiency", "attn_decode_memory", 0.1, COPY_BW),
     ("efficiency", "moe_gemm", 0.05, 1.0),
+    ("efficiency", "gemm_roofline_p", 1.5, 30.0),
     ("overhead", "step_s", 0.0, 0.02),
     ("overhead", "per_seq_s", 0.0, 1e-4),
     ("overhead", "prefill_step_s", 0.0, 0.02),
+    ("overhead", "prefill_step_fp8_s", 0.0, 0.02),
+    ("overhead", "eager_layer_s", 0.0, 0.005),
+    ("overhead", "eager_moe_layer_s", 0.0, 0.005),
 )
+FP8_ONLY = ("gemm_compute_fp8", "gemm_memory_fp8", "prefill_step_fp8_s")
+MOE_ONLY = ("moe_gemm", "eager_moe_layer_s")
 STEPS_PER_RUN = 1500  # evenly spaced sample of each run's steps: enough to pin 8 factors
 
 
@@ -52,6 +65,7 @@ class Sample:
         rf = dep.roofline
         self.name, self.meta = f"{run_dir.parent.name}/{run_dir.name}", meta
         self.model, self.gpu, self.tp, self.prec = rf.model, rf.gpu, rf.tp, rf.prec
+        self.graph_max_tokens = rf.graph_max_tokens
         self.fp8 = self.prec.gemm_dtype == "fp8"
         self.moe = rf.model.is_moe
         steps = []
@@ -72,11 +86,33 @@ class Sample:
 
     def log_errors(self, cal: CalibrationProfile) -> list[float]:
         rf = Roofline(self.model, self.gpu, self.tp, self.prec, cal)
+        rf.graph_max_tokens = self.graph_max_tokens
         out = []
         for n_dec, ctx, pre, meas in self.steps:
             t = rf.step(n_dec, ctx, pre, n_dec + len(pre)).time_s
             out.append(math.log(t / meas))
         return out
+
+
+def alone_latencies(run_dir: Path) -> list[float]:
+    """TTFT minus the prefill step's device time, for requests served alone (no other request
+    in flight between their arrival and finish, prompt prefilled in one step, no cache hit):
+    what a request waits outside the engine's steps (admission, output processing)."""
+    reqs = [json.loads(x) for x in (run_dir / "requests.jsonl").read_text().splitlines() if x]
+    steps = [json.loads(x) for x in (run_dir / "steps.jsonl").read_text().splitlines() if x]
+    spans = sorted((r["arrival_s"], r["finish_s"]) for r in reqs if r["finish_s"] is not None)
+    out = []
+    for r in reqs:
+        a, f, t = r["arrival_s"], r["finish_s"], r["first_token_s"]
+        if f is None or t is None or r.get("cached_tokens"):
+            continue
+        if sum(1 for s0, s1 in spans if s0 < f and s1 > a) != 1:  # overlaps only itself
+            continue
+        pre = [s for s in steps if a <= s["start_s"] <= t and s["gpu_s"]
+               and s["prefill"] == [[r["input_tokens"], 0]] and not s["n_decode"]]
+        if len(pre) == 1:
+            out.append(t - a - pre[0]["gpu_s"])
+    return out
 
 
 def _with(base: dict, names: list[tuple[str, str]], x) -> CalibrationProfile:
@@ -99,13 +135,21 @@ def fit(run_dirs: list[Path], base: CalibrationProfile, per_run: int = STEPS_PER
     if len(gpus) != 1:
         raise InputError(f"runs from several GPUs ({', '.join(sorted(gpus))}): fit one GPU at a time")
     active = [p for p in PARAMS
-              if not (p[1] == "gemm_compute_fp8" and not any(s.fp8 for s in samples))
-              and not (p[1] == "moe_gemm" and not any(s.moe for s in samples))]
+              if not (p[1] in FP8_ONLY and not any(s.fp8 for s in samples))
+              and not (p[1] in MOE_ONLY and not any(s.moe for s in samples))]
     names = [(sec, key) for sec, key, _, _ in active]
     data = base.model_dump(exclude={"path"})
-    x0 = [min(max(data[sec].get(key) or 0.7, lo + 1e-6), hi - 1e-9) for sec, key, lo, hi in active]
+    alone = sorted(x for d in run_dirs for x in alone_latencies(d))
+    if len(alone) >= 5:
+        data["overhead"]["request_latency_s"] = max(alone[len(alone) // 2], 0.0)
+    # A launch floor of 0 has no gradient (it never binds): start it where it binds sometimes.
+    start = {"gemm_roofline_p": 4.0, "eager_layer_s": 1e-3, "eager_moe_layer_s": 1e-4,
+             "prefill_step_fp8_s": 1e-3}
+    x0 = [min(max(data[sec].get(key) or start.get(key, 0.7), lo + 1e-6), hi - 1e-9)
+          for sec, key, lo, hi in active]
     # Overheads are fitted in milliseconds/microseconds so every variable is of order one.
-    unit = {"step_s": 1e-3, "prefill_step_s": 1e-3, "per_seq_s": 1e-6}
+    unit = {"step_s": 1e-3, "prefill_step_s": 1e-3, "prefill_step_fp8_s": 1e-3, "per_seq_s": 1e-6,
+            "eager_layer_s": 1e-4, "eager_moe_layer_s": 1e-4}
     scale = np.array([unit.get(k, 1.0) for _, k in names])
 
     # Each run weighs the same, and within a run its prefill-carrying steps weigh as much as its
@@ -132,15 +176,35 @@ def fit(run_dirs: list[Path], base: CalibrationProfile, per_run: int = STEPS_PER
         e = sorted(abs(v) for v in s.log_errors(cal))
         per_run[s.name] = {"steps": len(e), "median_abs_log_err": e[len(e) // 2],
                            "p90_abs_log_err": e[int(0.9 * (len(e) - 1))]}
-    return {"profile": cal, "params": dict(zip([k for _, k in names], fitted.tolist(), strict=True)),
+    params = dict(zip([k for _, k in names], fitted.tolist(), strict=True))
+    if len(alone) >= 5:
+        params["request_latency_s"] = cal.overhead.request_latency_s
+    return {"profile": cal, "params": params, "alone_requests": len(alone),
             "runs": per_run, "gpu": samples[0].gpu.name, "meta": samples[0].meta,
             "models": sorted({s.meta["model"] + (" fp8" if s.fp8 else "") for s in samples})}
 
 
-def write_profile(result: dict, out: Path, command: str, error_band: float) -> Path:
-    """A TOML profile: the defaults' structure with fitted values and provenance."""
+def _comments(path: Path) -> dict[tuple[str, str], str]:
+    """(section, key) -> the inline comment a profile gives that value (its reason)."""
+    out, sec = {}, ""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if m := re.match(r"\s*\[([\w.]+)\]", line):
+            sec = m.group(1)
+        elif m := re.match(r"\s*(\w+)\s*=\s*[^#]*#\s*(.*)$", line):
+            out[(sec, m.group(1))] = m.group(2)
+    return out
+
+
+def write_profile(result: dict, out: Path, command: str, error_band: float,
+                  base: Path | None = None) -> Path:
+    """A TOML profile: the base profile's values with the fitted ones replaced, and provenance.
+
+    Values not fitted keep the base's number and its stated reason (e.g. a hand-measured
+    ``w4a16_stream``), so refitting a GPU never silently drops what was measured by other means.
+    """
     cal: CalibrationProfile = result["profile"]
     meta = result["meta"]
+    why = _comments(base) if base is not None and base.exists() else {}
     lines = [
         f"# Fitted by `simulate calibrate` on {time.strftime('%Y-%m-%d')} from step-level device times",
         "# of real vLLM runs (see [provenance]); values not in [provenance].fitted keep the defaults.",
@@ -152,7 +216,8 @@ def write_profile(result: dict, out: Path, command: str, error_band: float) -> P
         lines.append(f"\n[{sec}]")
         for k, v in getattr(cal, sec).model_dump().items():
             if v is not None:
-                lines.append(f"{k} = {v:.6g}")
+                note = "" if k in result["params"] or (sec, k) not in why else f"  # {why[(sec, k)]}"
+                lines.append(f"{k} = {v:.6g}{note}")
     lines += ["\n[provenance]", f'gpu_driver_name = "{meta["gpu"]}"', f'vllm = "{meta["vllm"]}"',
               f'torch = "{meta["torch"]}"', f'date = "{time.strftime("%Y-%m-%d")}"',
               f"models = {json.dumps(result['models'])}",
@@ -171,3 +236,9 @@ def write_profile(result: dict, out: Path, command: str, error_band: float) -> P
 
 def default_output(gpu: str, vllm_version: str) -> Path:
     return profiles_dir() / "calibration" / parse_deployment(gpu)[0].name / f"vllm-{vllm_version}.toml"
+
+
+def output_for(run_dir: Path) -> Path:
+    """Where a profile fitted to this measured run's GPU and vLLM version belongs."""
+    cfg, _, _, meta = load_run(run_dir)
+    return default_output(cfg.gpu, meta["vllm"])

@@ -96,6 +96,10 @@ def main_command(
         help="per-GPU KV transfer bandwidth, GB/s (default: the GPU's link)")] = None,
     kv_cache_dtype: Annotated[str, typer.Option(help="auto or fp8")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, bfloat16 or float16")] = "auto",
+    max_cudagraph_capture_size: Annotated[int | None, typer.Option(
+        help="largest CUDA-graph step in tokens (vLLM's default: min(2 x max-num-seqs, 512))")]
+    = None,
+    enforce_eager: Annotated[bool, typer.Option(help="no CUDA graphs")] = False,
     router: Annotated[str, typer.Option(help=f"{' | '.join(ROUTERS.names())}")] = "round-robin",
     gpu_cost: Annotated[float | None, typer.Option(help="$ per GPU-hour (overrides the "
                                                         "profile's)")] = None,
@@ -133,6 +137,7 @@ def main_command(
             sparsity=sparsity, speculative_config=_json_flag(speculative_config,
                                                              "speculative-config"),
             enable_prefix_caching=enable_prefix_caching, hash_block_size=hash_block_size,
+            max_cudagraph_capture_size=max_cudagraph_capture_size, enforce_eager=enforce_eager,
         )
         cfg = validated(
             SimulationConfig, gpu=gpu, model=model, engine=engine, router=router,
@@ -195,6 +200,9 @@ def explain(
     sparsity: Annotated[str | None, typer.Option()] = None,
     speculative_config: Annotated[str | None, typer.Option()] = None,
     kv_cache_dtype: Annotated[str, typer.Option()] = "auto",
+    max_num_seqs: Annotated[int | None, typer.Option()] = None,
+    max_cudagraph_capture_size: Annotated[int | None, typer.Option()] = None,
+    enforce_eager: Annotated[bool, typer.Option()] = False,
     calibration: Annotated[str | None, typer.Option()] = None,
     decode: Annotated[str | None, typer.Option(help="BxCTX: B decoding sequences with CTX "
                                                     "tokens of context each")] = None,
@@ -210,7 +218,9 @@ def explain(
         engine = _engine(tensor_parallel_size=tensor_parallel_size, quantization=quantization,
                          pipeline_parallel_size=pipeline_parallel_size,
                          kv_cache_dtype=kv_cache_dtype, sparsity=sparsity,
-                         speculative_config=_json_flag(speculative_config, "speculative-config"))
+                         speculative_config=_json_flag(speculative_config, "speculative-config"),
+                         max_num_seqs=max_num_seqs, enforce_eager=enforce_eager,
+                         max_cudagraph_capture_size=max_cudagraph_capture_size)
         dep = resolve(validated(SimulationConfig, gpu=gpu, model=model, engine=engine,
                                 calibration=calibration))
         n_dec, ctx = 0, 0
@@ -267,6 +277,37 @@ def validate(
     out.print(validation_table(results))
 
 
+PROFILERS = {"engine": "simulator.profiler.vllm_replay", "server": "simulator.profiler.server_replay",
+             "operators": "simulator.profiler.operators"}
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                               "help_option_names": []})
+def profile(
+    ctx: typer.Context,
+    mode: Annotated[str, typer.Argument(help="engine: replay traces through an in-process vLLM "
+                                             "engine (requests and per-step device times); "
+                                             "server: replay them against a running "
+                                             "OpenAI-compatible vLLM server (requests only); "
+                                             "operators: time the model's operators (torch)")],
+) -> None:
+    """Measure real vLLM (needs the [profile] extra). `simulate profile MODE --help` for MODE's
+    options."""
+    import importlib
+
+    if mode not in PROFILERS:
+        _fail(InputError(f"unknown profiler {mode!r}; choose one of {', '.join(PROFILERS)}",
+                         field="mode"))
+        return
+    try:
+        rc = importlib.import_module(PROFILERS[mode]).main(ctx.args)
+    except ImportError as e:
+        _fail(InputError(f"profiling needs the [profile] extra ({e.name} is not installed)",
+                         field="mode"))
+        return
+    raise typer.Exit(rc or 0)
+
+
 @app.command()
 def calibrate(
     runs: Annotated[list[Path], typer.Argument(help="measured run folders (with steps.jsonl "
@@ -279,7 +320,7 @@ def calibrate(
     error_band: Annotated[float, typer.Option(help="stated uncertainty to record")] = 0.2,
 ) -> None:
     """Fit efficiency factors and step overheads to measured vLLM steps; write a profile."""
-    from simulator.calibrate import default_output, fit, write_profile
+    from simulator.calibrate import fit, output_for, write_profile
     from simulator.cost.calibration import load_profile
     from simulator.paths import profiles_dir
     from simulator.validate import find_runs
@@ -288,9 +329,13 @@ def calibrate(
         dirs = [d for d in find_runs(runs) if not any(h in str(d) for h in hold_out or [])]
         if not dirs:
             raise InputError("every run is held out; nothing to fit", field="hold-out")
-        result = fit(dirs, load_profile(profiles_dir() / "calibration" / "defaults.toml"))
-        path = output or default_output(result["gpu"], result["meta"]["vllm"])
-        write_profile(result, path, "simulate calibrate " + " ".join(sys.argv[2:]), error_band)
+        # Refitting starts from the GPU's current profile where one exists, so what it holds
+        # beyond the fitted factors (hand-measured values and their reasons) carries over.
+        path = output or output_for(dirs[0])
+        base = path if path.exists() else profiles_dir() / "calibration" / "defaults.toml"
+        result = fit(dirs, load_profile(base))
+        write_profile(result, path, "simulate calibrate " + " ".join(sys.argv[2:]), error_band,
+                      base=base)
     except InputError as e:
         _fail(e)
         return

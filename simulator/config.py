@@ -75,6 +75,11 @@ class EngineArgs(BaseModel):
     hash_block_size: int = Field(default=512, ge=1)
     kv_cache_dtype: Literal["auto", "fp8"] = "auto"
     dtype: Literal["auto", "bfloat16", "float16"] = "auto"
+    # CUDA graphs: vLLM captures graphs for steps of up to this many tokens (default
+    # min(2 x max-num-seqs x (1 + speculative tokens), 512, max-num-batched-tokens)); larger
+    # steps, and every step under --enforce-eager, run eagerly.
+    max_cudagraph_capture_size: int | None = Field(default=None, ge=1)
+    enforce_eager: bool = False
 
     @model_validator(mode="after")
     def _budget_covers_seqs(self) -> EngineArgs:

@@ -79,6 +79,7 @@ class Deployment:
             "router": self.router,
             "max_num_seqs": self.max_num_seqs,
             "max_num_batched_tokens": self.max_num_batched_tokens,
+            "cudagraph_max_tokens": self.roofline.graph_max_tokens,
             "max_model_len": self.max_model_len,
             "block_size": self.block_size,
             "gpu_memory_utilization": self.gpu_memory_utilization,
@@ -122,13 +123,17 @@ def _precision(cfg: SimulationConfig, model: ModelSpec, gpu: GPUSpec, prov: dict
     return precision(quant, e.sparsity, e.kv_cache_dtype, dtype, gpu, prov)
 
 
-def _activation_reserve(model: ModelSpec, tp: int, tokens: int, seqs: int, ab: float) -> float:
-    """Peak of vLLM's start-up profiling run (see profiles/calibration/defaults.toml)."""
+def _activation_reserve(model: ModelSpec, tp: int, tokens: int, seqs: int, ab: float,
+                        moe_routed_bytes: float) -> float:
+    """Peak of vLLM's start-up profiling run (see profiles/calibration/defaults.toml, and
+    ``MemoryModel.moe_routed_bytes`` for MoE models)."""
     widest = max(
         [2 * model.intermediate / tp]
         + [2 * g.moe.expert_intermediate * g.moe.top_k / tp for g in model.groups if g.moe]
     )
-    return tokens * (2 * model.hidden + widest) * ab + seqs * model.vocab * 8
+    top_k = max((g.moe.top_k for g in model.groups if g.moe), default=0)
+    return (tokens * (2 * model.hidden + widest) * ab + seqs * model.vocab * 8
+            + tokens * top_k * model.hidden * moe_routed_bytes)
 
 
 def calibration_range_warnings(cal: CalibrationProfile, model: str, prec: Precision,
@@ -191,6 +196,19 @@ def resolve(cfg: SimulationConfig) -> Deployment:
     if tokens < seqs:
         raise InputError(f"must be >= max-num-seqs ({seqs})", field="max-num-batched-tokens")
 
+    def graphs(q: int) -> int:
+        """Largest CUDA-graph step in tokens (VllmConfig._set_cudagraph_sizes, vLLM 0.25.1)."""
+        if e.enforce_eager:
+            prov["cudagraphs"] = "--enforce-eager: every step runs eagerly"
+            return 0
+        size = e.max_cudagraph_capture_size or min(seqs * q * 2, 512)
+        prov["cudagraphs"] = (
+            f"captured up to {min(size, tokens)} tokens ("
+            + ("--max-cudagraph-capture-size" if e.max_cudagraph_capture_size else
+               "vLLM's default min(2 x max-num-seqs x (1 + speculative tokens), 512)")
+            + ", capped at max-num-batched-tokens); larger steps run eagerly")
+        return min(size, tokens)
+
     pp = e.pipeline_parallel_size
     stage_layers = -(-model.num_layers // pp)
     if count % pp:
@@ -208,7 +226,9 @@ def resolve(cfg: SimulationConfig) -> Deployment:
                                     lambda m: Roofline(m, gpu, tp, prec, cal))
         if rf.spec is not None:
             rf.q = rf.spec.k + 1
-        act = _activation_reserve(model, tp, tokens, seqs, prec.act_bytes)
+        rf.graph_max_tokens = graphs(rf.q)
+        act = _activation_reserve(model, tp, tokens, seqs, prec.act_bytes,
+                                  cal.memory.moe_routed_bytes)
         # Each pipeline stage holds its share of the layers (the largest share: ceil).
         avail = (gpu.usable_memory_bytes * e.gpu_memory_utilization
                  - weights(rf) * stage_layers / model.num_layers

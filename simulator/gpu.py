@@ -31,6 +31,10 @@ _SOURCED = (
 )
 
 
+# Driver-reported GPU names (torch.cuda.get_device_name) -> simulator profile names.
+GPU_NAMES = {"NVIDIA H100 80GB HBM3": "h100", "NVIDIA H200": "h200",
+             "NVIDIA H100 PCIe": "h100-pcie"}
+
 class MigProfile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sm_count: int = Field(gt=0)

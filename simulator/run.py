@@ -109,6 +109,13 @@ def _finish(cfg, dep, requests, done, rejected, replicas, itl, progress,
             extra: dict | None = None) -> SimulationResult:
     if progress:
         progress(len(requests), len(requests))
+    # Front-end latency (request admission, output processing and streaming): it delays what a
+    # client sees, not the engine, so it shifts every token time and nothing else.
+    lat = dep.calibration.overhead.request_latency_s
+    if lat:
+        for r in done:
+            r.first_token_t += lat
+            r.finish_t += lat
     end = max((r.finish_t for r in done), default=requests[-1].arrival)
     for rep in replicas:  # final state of each replica in the time series
         rep._sample(end)
@@ -219,8 +226,11 @@ def summarize(cfg: SimulationConfig, dep: Deployment, requests: list[Request],
         },
         "mean_batch_size": sum(s.seq_steps for s in stats) / steps if steps else 0.0,
         "prefix_cache": _prefix_summary(dep, replicas),
-        # Time-average requests waiting or running, all replicas (Little's L).
-        "mean_requests_in_system": sum(s.occupancy_integral for s in stats) / duration,
+        # Time-average requests waiting, running or in the front end, all replicas (Little's L;
+        # each completed request spends request_latency_s outside the engine).
+        "mean_requests_in_system": (sum(s.occupancy_integral for s in stats)
+                                    + dep.calibration.overhead.request_latency_s * len(done))
+                                   / duration,
         "busy_fraction": sum(s.busy_s for s in stats) / (duration * len(stats)),
         "engine_steps": steps,
         "prefill_tokens": sum(s.prefill_tokens for s in stats),

@@ -13,13 +13,11 @@ from pathlib import Path
 
 from simulator.config import EngineArgs, SimulationConfig
 from simulator.errors import InputError
+from simulator.gpu import GPU_NAMES
 from simulator.report.data import profiler_summary
 from simulator.request import Request
 from simulator.run import run_simulation
 
-# Driver-reported GPU names -> simulator profile names.
-GPU_NAMES = {"NVIDIA H100 80GB HBM3": "h100", "NVIDIA H200": "h200",
-             "NVIDIA H100 PCIe": "h100-pcie"}
 METRICS = ("ttft_s", "tpot_s", "e2e_s")
 PCTS = ("p50", "p90", "p99")
 
@@ -43,6 +41,8 @@ def load_run(run_dir: Path) -> tuple[SimulationConfig, list[Request], list[dict]
         speculative_config=meta.get("speculative_config"),
         enable_prefix_caching=meta.get("enable_prefix_caching", True),
         hash_block_size=meta.get("hash_block", 512),
+        enforce_eager=bool(ea.get("enforce_eager")),
+        max_cudagraph_capture_size=ea.get("max_cudagraph_capture_size"),
     )
     cfg = SimulationConfig(gpu=f"{gpu}x{engine.tensor_parallel_size}", model=meta["model"],
                            engine=engine)

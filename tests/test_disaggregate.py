@@ -26,7 +26,9 @@ def test_one_request_pays_prefill_transfer_and_the_last_prompt_token():
     prefill = rf.step(0, 0, [(n, 0)], 1).time_s
     transfer = n * dep.kv_bytes_per_token / dep.kv_transfer_bytes_per_s + 0.001
     last = rf.step(0, 0, [(1, n - 1)], 1).time_s
-    assert r.ttft == pytest.approx(prefill + transfer + last, rel=1e-9)
+    front_end = dep.calibration.overhead.request_latency_s  # admission + output processing
+    assert front_end > 0
+    assert r.ttft == pytest.approx(prefill + transfer + last + front_end, rel=1e-9)
     assert s["disaggregation"]["kv_transfer_s"]["mean"] == pytest.approx(transfer)
     assert s["prefill_tokens"] == n + 1  # the whole prompt there, its last token again here
     assert dep.kv_transfer_bytes_per_s == pytest.approx(900 / 2 * 1e9 * dep.calibration
@@ -49,7 +51,7 @@ def test_decode_steps_no_longer_share_the_gpu_with_long_prefills():
     split = run_simulation(SimulationConfig(gpu="h100x4", disaggregate="2:2"), trace()).summary
     assert split["completed"] == colocated["completed"] == 400
     # Chunked 8k prefills stall colocated decodes; the split pays for it in TTFT.
-    assert split["tpot_s"]["p99"] < 0.8 * colocated["tpot_s"]["p99"]
+    assert split["tpot_s"]["p99"] < 0.9 * colocated["tpot_s"]["p99"]
     assert split["ttft_s"]["p50"] > colocated["ttft_s"]["p50"]
 
 

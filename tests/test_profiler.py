@@ -77,3 +77,128 @@ def test_replay_shares_hash_id_prefixes_and_records_cache_hits(tmp_path):
     prefilled = sum(n for s in steps for n, _ in s["prefill"])
     assert prefilled == sum(r["input_tokens"] for r in rows) - sum(cached)
     assert json.loads((out / "meta.json").read_text())["enable_prefix_caching"] is True
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tmp_path_factory):
+    """A real OpenAI-compatible vLLM server (CPU backend, tiny random Llama, no tokenizer)."""
+    import socket
+    import time
+    import urllib.request
+
+    from simulator.profiler.vllm_replay import model_dir
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = (tmp_path_factory.mktemp("server") / "server.log").open("w")
+    proc = subprocess.Popen(
+        [PY, "-m", "vllm.entrypoints.openai.api_server", "--model",
+         model_dir(str(DATA / "tiny-llama.json")), "--load-format", "dummy",
+         "--skip-tokenizer-init", "--max-model-len", "1024", "--gpu-memory-utilization", "0.3",
+         "--max-num-seqs", "16", "--max-num-batched-tokens", "512", "--port", str(port),
+         "--served-model-name", "tiny", "--enable-prompt-tokens-details"],
+        stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            if proc.poll() is not None:
+                pytest.fail(f"vLLM server exited with {proc.returncode}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+        else:
+            pytest.fail("vLLM server did not come up in 10 minutes")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def _server_replay(url, trace, out, *extra):
+    return subprocess.run(
+        [PY, "-m", "simulator.profiler.server_replay", "--url", url, "--model",
+         str(DATA / "tiny-llama.json"), "--gpu", "NVIDIA H100 80GB HBM3", "--trace", str(trace),
+         "--out", str(out), "--max-num-seqs", "16", "--max-num-batched-tokens", "512",
+         "--max-model-len", "1024", "--gpu-memory-utilization", "0.3", *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.mark.skipif(PY is None, reason="no Python with vLLM (set PROFILER_PYTHON)")
+def test_server_replay_records_requests_prefix_hits_and_server_config(vllm_server, tmp_path):
+    """Against a running server: every request gets exactly its trace's tokens, shared hash_ids
+    become real prefix-cache hits the server reports, and the run validates like an engine run."""
+    from simulator.validate import validate_run
+
+    trace = DATA / "tiny-prefix-trace.jsonl"
+    p = _server_replay(vllm_server, trace, tmp_path, "--hash-block", "128")
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = tmp_path / "tiny-prefix-trace"
+    assert not (out / "steps.jsonl").exists()  # request level only
+    reqs = [json.loads(x) for x in (out / "requests.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in trace.read_text().splitlines()]
+    assert len(reqs) == len(rows)
+    for r, want in zip(reqs, rows, strict=True):
+        assert r["generated"] == want["output_tokens"]
+        assert r["prompt_tokens"] == want["input_tokens"]
+        assert r["arrival_s"] <= r["first_token_s"] <= r["finish_s"]
+        assert 1 <= r["decode_steps"] <= want["output_tokens"] - 1
+    # The same cache hits as the in-process engine test: two shared 128-token blocks.
+    assert [r["cached_tokens"] for r in reqs] == [0, 0] + [256] * 10
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["source"] == "openai-server" and meta["served_model"] == "tiny"
+    assert meta["num_gpu_blocks"] > 0 and meta["block_size"] == 128  # from /metrics
+    assert meta["engine_args"]["max_num_seqs"] == 16 and meta["vllm"]
+    res = validate_run(out)  # replayed through the simulator with the recorded config
+    assert res["kv_blocks"]["measured"] == meta["num_gpu_blocks"]
+    measured_ttft = sorted(r["first_token_s"] - r["arrival_s"] for r in reqs)
+    assert res["measured"]["ttft_s"]["p50"] == pytest.approx(measured_ttft[len(reqs) // 2], rel=0.2)
+
+
+@pytest.mark.skipif(PY is None, reason="no Python with vLLM (set PROFILER_PYTHON)")
+def test_server_replay_unreachable_server_is_a_one_line_error(tmp_path):
+    p = _server_replay("http://127.0.0.1:9", DATA / "tiny-trace.jsonl", tmp_path)
+    assert p.returncode == 2
+    assert p.stderr.startswith("error: http://127.0.0.1:9") and p.stderr.count("\n") == 1
+    assert not any(tmp_path.iterdir())  # nothing partly written
+
+
+@pytest.mark.skipif(PY is None, reason="no Python with vLLM (set PROFILER_PYTHON)")
+def test_operator_profiler_times_the_model_shapes(tmp_path):
+    """The torch operator grid on the CPU: one row per (GEMM, token count), prefill length,
+    decode batch x context and the copy, each with the FLOPs and bytes the roofline counts."""
+    import csv
+
+    from simulator.model import load_model
+    from simulator.profiler.operators import QUICK, linears
+
+    p = subprocess.run(
+        [PY, "-m", "simulator.profiler.operators", "--model", str(DATA / "tiny-llama.json"),
+         "--out", str(tmp_path), "--quick", "--repeat", "2", "--trials", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = list(csv.DictReader((tmp_path / "operators.csv").open()))
+    model = load_model(str(DATA / "tiny-llama.json"))
+    shapes = linears(model, 1)
+    gemm = [r for r in rows if r["op"] == "gemm"]
+    assert len(gemm) == len(shapes) * len(QUICK["tokens"])  # bf16 only on the CPU
+    assert {(r["name"], int(r["n"]), int(r["k"])) for r in gemm} == set(shapes)
+    for r in gemm:
+        assert int(r["flops"]) == 2 * int(r["m"]) * int(r["n"]) * int(r["k"])
+    for r in rows:
+        t = float(r["time_s"])
+        assert t > 0
+        if int(r["flops"]):
+            assert float(r["tflops"]) * t * 1e12 == pytest.approx(int(r["flops"]), rel=1e-3)
+        assert float(r["gbs"]) * t * 1e9 == pytest.approx(int(r["bytes"]), rel=1e-3)
+    ops = [r["op"] for r in rows]
+    assert ops.count("attn_prefill") == len(QUICK["prefill"])
+    assert ops.count("attn_decode") == len(QUICK["batch"]) * len(QUICK["ctx"])
+    assert ops.count("copy") == 1
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["device"] == "cpu" and meta["gpu_profile"] is None and meta["quick"] is True

@@ -30,9 +30,16 @@ class Efficiency(BaseModel):
     # GEMM kernels reach a lower share of their datasheet rate than bf16), and MoE expert GEMMs
     # (grouped GEMM, routing, permutation) relative to dense ones. None: same as gemm_compute / 1.
     gemm_compute_fp8: float | None = Field(default=None, gt=0, le=1)
+    # FP8 W8A8 weight streaming (small batches): the scaled-GEMM kernels stream 8-bit weights at
+    # a lower share of bandwidth than bf16 GEMMs stream theirs (the operator tables in
+    # profiles/calibration/operators show 0.5 vs 0.8 at one token). None: gemm_memory.
+    gemm_memory_fp8: float | None = Field(default=None, gt=0, le=1)
     moe_gemm: float | None = Field(default=None, gt=0, le=1)
     # W4A16 (AWQ/GPTQ on Marlin kernels), relative to the 16-bit GEMM: compute rate (dequantising
     # in registers) and achieved bandwidth streaming the 4-bit weights.
+    # Sharpness of the GEMM roofline: op time = p-norm of (compute time, memory time); None is
+    # the hard max. Fitted: kernels near the ridge point are slower than either bound alone.
+    gemm_roofline_p: float | None = Field(default=None, ge=1)
     w4a16_compute: float | None = Field(default=None, gt=0, le=2)
     w4a16_stream: float | None = Field(default=None, gt=0, le=2)
 
@@ -42,9 +49,24 @@ class Overhead(BaseModel):
     step_s: float = Field(ge=0)
     per_seq_s: float = Field(ge=0)
     comm_latency_s: float = Field(ge=0)
-    # Extra cost of a step that holds any prefill: vLLM runs such mixed batches with piecewise
-    # CUDA graphs (attention launched eagerly, layer by layer) instead of one full graph.
+    # Extra cost of a step that holds any prefill and fits a captured CUDA graph: vLLM runs such
+    # mixed batches with piecewise graphs (attention launched eagerly, layer by layer) instead
+    # of one full graph.
     prefill_step_s: float = Field(default=0.0, ge=0)
+    # ... and its extra under FP8 W8A8 (the per-token activation quantisation kernels run in the
+    # pieces between the eagerly launched attentions).
+    prefill_step_fp8_s: float = Field(default=0.0, ge=0)
+    # A step larger than the biggest captured graph runs eagerly: the host launches every kernel
+    # of every layer (Python, Triton launchers), and the GPU cannot finish before the last
+    # launch. Per layer; the step lasts at least layers x this.
+    eager_layer_s: float = Field(default=0.0, ge=0)
+    # ... plus this per MoE layer (router, top-k, permutation and grouped-GEMM launches).
+    eager_moe_layer_s: float = Field(default=0.0, ge=0)
+    # Per request, outside the engine's steps: admission (request processing before the first
+    # schedule) plus output processing until the token reaches the client. Shifts first-token
+    # and finish times, not the engine. Measured by `simulate calibrate` on requests served
+    # alone: median of TTFT - the device time of their prefill step.
+    request_latency_s: float = Field(default=0.0, ge=0)
     # Speculative decoding: fixed cost per draft layer per draft pass (vLLM runs a draft
     # model's k passes layer by layer, launch-bound at small batch).
     draft_layer_pass_s: float = Field(default=0.0, ge=0)
@@ -53,6 +75,12 @@ class Overhead(BaseModel):
 class MemoryModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     nontorch_gib: float = Field(ge=0)
+    # MoE models' start-up profiling run peaks higher than the dense formula in deployment.py
+    # (fused-MoE workspaces, routing buffers): bytes per (batched token x top-k x hidden unit).
+    # Measured: Qwen3-30B-A3B at 8192 batched tokens left 2.28 GiB (H100) and 2.40 GiB (H200)
+    # less KV cache than the dense formula gave (vLLM 0.25.1 logs, measurements/*/logs); 18.7 =
+    # their mean / (8192 x 8 x 2048). Other MoE shapes: scaled by this, an assumption.
+    moe_routed_bytes: float = Field(default=18.7, ge=0)
 
 
 class CalibrationProfile(BaseModel):

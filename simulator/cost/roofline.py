@@ -48,6 +48,16 @@ class StepCost:
     hbm_bytes: float
 
 
+GEMMS = frozenset({"attn_proj(qkv,o)", "mlp", "moe_experts", "lm_head"})
+
+
+def _is_gemm(name: str) -> bool:
+    """Projection, MLP, expert and lm_head operators (the target's or the draft's)."""
+    if name.startswith("draft:"):
+        name = name[6:].removesuffix("(prefill)")
+    return name in GEMMS
+
+
 class Roofline:
     """Step-cost model for one (model, GPU, TP, precision, calibration)."""
 
@@ -65,7 +75,9 @@ class Roofline:
         w4 = prec.scheme in ("awq", "gptq")
         self.moe_eff = e.moe_gemm or 1.0
         self.rc_head = gpu.peak_flops(prec.attn_dtype) * e.gemm_compute  # lm_head stays 16-bit
-        self.rm_gemm = bw * e.gemm_memory
+        self.gemm_p = e.gemm_roofline_p or INF
+        self.rm_gemm = bw * (e.gemm_memory_fp8 if eight and e.gemm_memory_fp8 else e.gemm_memory)
+        self.fp8_step = prec.gemm_dtype in ("fp8", "int8")
         if w4:  # Marlin: dequantise in registers, stream 4-bit weights
             self.rc_gemm *= e.w4a16_compute or 1.0
             self.rm_gemm *= e.w4a16_stream or 1.0
@@ -78,6 +90,7 @@ class Roofline:
         # A ring all-reduce moves 2(tp-1)/tp of the message out of each GPU, one direction.
         self.rn = link_gbs / 2 * 1e9 * e.comm_bus
         self.layers = m.num_layers
+        self.moe_layers = sum(g.count for g in m.groups if g.moe is not None)
         ab = prec.act_bytes
         # KV cache per token per layer on one GPU. MLA's latent is shared by all heads, so every
         # TP rank keeps all of it; GQA replicates KV heads when tp > kv heads.
@@ -115,6 +128,10 @@ class Roofline:
         self.spec = None
         self.q = 1
         self.pp = 1  # pipeline stages (set by the deployment)
+        # Largest step (in tokens) vLLM runs from a captured CUDA graph (set by the deployment
+        # from --max-cudagraph-capture-size / --enforce-eager). Larger steps run eagerly: the
+        # CPU launches every kernel of every layer, and the step takes at least that long.
+        self.graph_max_tokens = INF
         self._k_cache: dict[int, tuple[float, float, float]] = {}
         self._layer_cache: dict[int, tuple[float, float, float]] = {}
 
@@ -191,17 +208,38 @@ class Roofline:
             out.append(("lm_head", 1, 2 * n_logits * self.head_params,
                         self.head_params * 2 + n_logits * self.model.vocab / self.tp * 4, 0.0,
                         self.rc_head, self.rm_gemm, INF, 0.0))
-        n_seqs = n_decode + len(prefills)
         if self.pp > 1:
             # Each stage boundary sends the batch's hidden states to the next stage's GPUs.
             tokens = n_decode * self.q + sum(n for n, _ in prefills)
             out.append((f"pp_send({self.link_name})", self.pp - 1, 0.0, 0.0,
                         tokens * self.model.hidden * self.prec.act_bytes / self.tp, INF, INF,
                         self.rn, self.overhead.comm_latency_s))
-        out.append(("step_overhead(cpu)", 1, 0.0, 0.0, 0.0, INF, INF, INF,
-                    self.overhead.step_s + self.overhead.per_seq_s * n_seqs
-                    + (self.overhead.prefill_step_s if prefills else 0.0)))
         return out
+
+    def cpu_ops(self, n_seqs: int, tokens: int, has_prefill: bool) -> list[tuple]:
+        """Host-side cost of a step, serial with the GPU: scheduling, input preparation, output
+        processing; plus the eager attention launches of a piecewise-graph step (one that holds
+        prefill and fits a captured graph)."""
+        o = self.overhead
+        piecewise = 0.0
+        if has_prefill and tokens <= self.graph_max_tokens:
+            piecewise = o.prefill_step_s + (o.prefill_step_fp8_s if self.fp8_step else 0.0)
+        return [("step_overhead(cpu)", 1, 0.0, 0.0, 0.0, INF, INF, INF,
+                 o.step_s + o.per_seq_s * n_seqs + piecewise)]
+
+    def eager_floor(self, tokens: int) -> float:
+        """Time the CPU needs to launch an eager step's kernels (0 when a graph covers it)."""
+        if tokens <= self.graph_max_tokens:
+            return 0.0
+        o = self.overhead
+        return self.layers * o.eager_layer_s + self.moe_layers * o.eager_moe_layer_s
+
+    @staticmethod
+    def launch_row(floor: float, gpu_s: float) -> list[tuple]:
+        """The part of an eager step's launch time that the GPU's work does not hide."""
+        if floor <= gpu_s:
+            return []
+        return [("eager_launch(cpu, exposed)", 1, 0.0, 0.0, 0.0, INF, INF, INF, floor - gpu_s)]
 
     def ops(
         self, n_decode: int, decode_ctx: float, prefills: list[tuple[int, int]], n_logits: int,
@@ -210,10 +248,12 @@ class Roofline:
         """Every operator of one step (the target's, then the draft's when speculating)."""
         q = self.q
         tokens = n_decode * q + sum(n for n, _ in prefills)
-        return self.layer_ops(tokens) + self.step_ops(
+        gpu = self.layer_ops(tokens) + self.step_ops(
             n_decode, decode_ctx, prefills, n_logits + n_decode * (q - 1),
             skip_decode_attention=skip_decode_attention) + self.draft_ops(
             n_decode, decode_ctx, prefills)
+        launch = self.launch_row(self.eager_floor(tokens), self._sum(gpu)[0])
+        return gpu + launch + self.cpu_ops(n_decode + len(prefills), tokens, bool(prefills))
 
     def draft_ops(self, n_decode: int, decode_ctx: float,
                   prefills: list[tuple[int, int]]) -> list[tuple]:
@@ -233,20 +273,30 @@ class Roofline:
                     passes * d.layers * self.overhead.draft_layer_pass_s))
         if n_decode:
             per_pass = d.layer_ops(n_decode) + d.step_ops(n_decode, decode_ctx, [], n_decode)
-            out += [(f"draft:{o[0]}", o[1] * sp.k, *o[2:]) for o in per_pass
-                    if o[0] != "step_overhead(cpu)"]
+            out += [(f"draft:{o[0]}", o[1] * sp.k, *o[2:]) for o in per_pass]
         if prefills:
             n_pre = sum(n for n, _ in prefills)
             out += [(f"draft:{o[0]}(prefill)", *o[1:]) for o in
-                    d.layer_ops(n_pre) + d.step_ops(0, 0.0, prefills, 0)
-                    if o[0] != "step_overhead(cpu)"]
+                    d.layer_ops(n_pre) + d.step_ops(0, 0.0, prefills, 0)]
         return out
 
-    @staticmethod
-    def _sum(ops: list[tuple]) -> tuple[float, float, float]:
+    def op_time(self, name: str, fl: float, hb: float, wi: float, rc: float, rm: float,
+                rn: float) -> float:
+        """An operator's time: the slowest of its compute, memory and network times; for GEMMs a
+        soft maximum (p-norm), since a real GEMM kernel near the ridge point neither streams at
+        full bandwidth nor computes at full rate (the operator tables show ~15-20% above the hard
+        roofline there). p = inf is the hard roofline."""
+        x, y = fl / rc, hb / rm
+        if self.gemm_p < INF and _is_gemm(name) and x and y:
+            p = self.gemm_p
+            m = max(x, y)
+            return m * ((x / m) ** p + (y / m) ** p) ** (1 / p)
+        return max(x, y, wi / rn)
+
+    def _sum(self, ops: list[tuple]) -> tuple[float, float, float]:
         t = f = b = 0.0
-        for _, c, fl, hb, wi, rc, rm, rn, fx in ops:
-            t += c * (max(fl / rc, hb / rm, wi / rn) + fx)
+        for name, c, fl, hb, wi, rc, rm, rn, fx in ops:
+            t += c * (self.op_time(name, fl, hb, wi, rc, rm, rn) + fx)
             f += c * fl
             b += c * hb
         return t, f, b
@@ -265,7 +315,9 @@ class Roofline:
         if self.spec is not None:
             dt, df, db = self._sum(self.draft_ops(n_decode, decode_ctx, prefills))
             t, f, b = t + dt, f + df, b + db
-        return StepCost(t + lay[0], f + lay[1], b + lay[2])
+        gpu = t + lay[0]
+        cpu = self._sum(self.cpu_ops(n_decode + len(prefills), tokens, bool(prefills)))[0]
+        return StepCost(max(gpu, self.eager_floor(tokens)) + cpu, f + lay[1], b + lay[2])
 
     def explain(
         self, n_decode: int, decode_ctx: float, prefills: list[tuple[int, int]], n_logits: int
@@ -274,7 +326,7 @@ class Roofline:
         for name, c, fl, hb, wi, rc, rm, rn, fx in self.ops(n_decode, decode_ctx, prefills, n_logits):
             times = {"compute": fl / rc, "memory": hb / rm, "network": wi / rn}
             bound = max(times, key=times.get)
-            t = times[bound]
+            t = self.op_time(name, fl, hb, wi, rc, rm, rn)
             if fx and t == 0:
                 bound = "overhead"
             rows.append(OpCost(name, c, c * fl, c * hb, c * wi, c * (t + fx), bound))
@@ -291,7 +343,12 @@ class Roofline:
             rest = self._sum(self.step_ops(batch, 0.0, [], batch * q, skip_decode_attention=True))
             d = self._sum([o for o in self.draft_ops(batch, 0.0, []) if
                            not o[0].startswith("draft:attention_decode")])
-            k = (lay[0] + rest[0] + d[0], lay[1] + rest[1] + d[1], lay[2] + rest[2] + d[2])
+            cpu = self._sum(self.cpu_ops(batch, batch * q, False))[0]
+            gpu = lay[0] + rest[0] + d[0]
+            # Steps last max(GPU work, eager launch floor) + CPU: the run keeps the floor as
+            # "attention must exceed floor - constant GPU work before it shows".
+            k = (gpu + cpu, lay[1] + rest[1] + d[1], lay[2] + rest[2] + d[2],
+                 self.eager_floor(batch * q) - gpu)
             self._k_cache[batch] = k
         return DecodeRun(self, batch, ctx0, k, growth)
 
@@ -300,16 +357,19 @@ class DecodeRun:
     """``m`` consecutive decode-only steps of a fixed batch, summed in closed form.
 
     Step ``i`` (from 0) reads ``ctx0 + B*(i+1)`` KV tokens per layer, so its attention costs
-    ``L * max(a1 + b1*i, a2 + b2*i)``; everything else is the constant ``K(B)``.
+    ``L * max(a1 + b1*i, a2 + b2*i)``; everything else is the constant ``K(B)``. A batch larger
+    than the biggest captured CUDA graph runs eagerly and lasts at least its launch floor: step
+    ``i`` takes ``K + max(L * att(i), spare)``, where ``spare`` is the floor less the constant
+    GPU work. Attention only grows, so the floor binds for a leading block of steps.
     """
 
     __slots__ = ("batch", "k_time", "k_flops", "k_bytes", "a1", "b1", "a2", "b2", "L",
-                 "f0", "f1", "by0", "by1", "a", "b")
+                 "f0", "f1", "by0", "by1", "a", "b", "spare", "_s")
 
-    def __init__(self, rf: Roofline, batch: int, ctx0: float, k: tuple[float, float, float],
-                 growth: float | None = None):
+    def __init__(self, rf: Roofline, batch: int, ctx0: float,
+                 k: tuple[float, float, float, float], growth: float | None = None):
         self.batch = batch
-        self.k_time, self.k_flops, self.k_bytes = k
+        self.k_time, self.k_flops, self.k_bytes, self.spare = k
         growth = batch if growth is None else growth
         q = rf.q
         self.L = rf.layers
@@ -336,6 +396,18 @@ class DecodeRun:
             self.a, self.b = self.a1, self.b1
         else:
             self.a = self.b = None
+        self._s = self._floor_steps() if self.spare > 0 else 0
+
+    def _floor_steps(self) -> float:
+        """Number of leading steps whose attention is below the launch floor."""
+        thr = self.spare / self.L
+        s = INF
+        for a, b in ((self.a1, self.b1), (self.a2, self.b2)):
+            if a >= thr:
+                return 0
+            if b > 0:
+                s = min(s, math.ceil((thr - a) / b))
+        return s
 
     @staticmethod
     def _lin(a: float, b: float, lo: int, hi: int) -> float:
@@ -345,8 +417,16 @@ class DecodeRun:
 
     def duration(self, m: int) -> float:
         """Time of the first ``m`` steps."""
+        t = m * self.k_time + self._attention(m)
+        if self._s:
+            s = min(self._s, m)
+            t += s * self.spare - self._attention(s)
+        return t
+
+    def _attention(self, m: int) -> float:
+        """Attention time of the first ``m`` steps."""
         if self.a is not None:
-            return m * (self.k_time + self.L * self.a) + self.L * self.b * m * (m - 1) / 2
+            return m * self.L * self.a + self.L * self.b * m * (m - 1) / 2
         a1, b1, a2, b2 = self.a1, self.b1, self.a2, self.b2
         # a1 + b1*i >= a2 + b2*i  <=>  i >= x (if b1 > b2) or i <= x (if b1 < b2)
         x = (a2 - a1) / (b1 - b2)
@@ -356,10 +436,11 @@ class DecodeRun:
         else:
             s = min(max(math.floor(x) + 1, 0), m)
             att = self._lin(a1, b1, 0, s) + self._lin(a2, b2, s, m)
-        return m * self.k_time + self.L * att
+        return self.L * att
 
     def step_time(self, i: int) -> float:
-        return self.k_time + self.L * max(self.a1 + self.b1 * i, self.a2 + self.b2 * i)
+        return self.k_time + max(self.L * max(self.a1 + self.b1 * i, self.a2 + self.b2 * i),
+                                 self.spare)
 
     def steps_done_by(self, dt: float, m_max: int) -> int:
         """Largest m <= m_max whose first m steps finish within dt.

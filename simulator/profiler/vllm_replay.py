@@ -67,6 +67,19 @@ def model_dir(name_or_path: str) -> str:
     return str(d)
 
 
+def write_run(out: Path, reqs: list[dict], meta: dict, steps: list[dict] | None = None) -> str:
+    """Write one measured run's folder (what ``simulate validate`` reads); a one-line summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reqs))
+    if steps is not None:
+        (out / "steps.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps))
+    (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    done = [r for r in reqs if r["finish_s"] is not None]
+    ttft = sorted(r["first_token_s"] - r["arrival_s"] for r in done)
+    return (f"{len(done)}/{len(reqs)} done in {meta['replay_wall_s']:.1f} s, "
+            f"TTFT p50 {ttft[len(ttft) // 2] * 1e3:.1f} ms")
+
+
 def load_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -218,7 +231,7 @@ def replay(engine, rows: list[dict], vocab: int, seed: int,
     return list(recs.values()), steps
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="llama-3.1-8b")
     ap.add_argument("--trace", type=Path, action="append", required=True)
@@ -236,7 +249,7 @@ def main() -> None:
     ap.add_argument("--speculative-config", type=json.loads, default=None,
                     help='JSON, e.g. {"method": "ngram", "num_speculative_tokens": 4}')
     ap.add_argument("--hash-block", type=int, default=512, help="tokens per trace hash id")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
 
     import torch
     import vllm
@@ -271,10 +284,6 @@ def main() -> None:
         t = time.perf_counter()
         reqs, steps = replay(engine, rows, vocab, trace_seed(path), a.hash_block)
         wall = time.perf_counter() - t
-        out = a.out / path.stem
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reqs))
-        (out / "steps.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps))
         meta = {
             "gpu": gpu, "vllm": vllm.__version__, "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d"), "model": a.model, "trace": path.name,
@@ -288,14 +297,12 @@ def main() -> None:
             "step_timing": "cuda-events" if torch.cuda.is_available() else "wall-clock only",
             "enable_prefix_caching": cfg.cache_config.enable_prefix_caching,
             "hash_block": a.hash_block,
-            "replay_wall_s": wall, "command": " ".join(sys.argv),
+            "replay_wall_s": wall, "command": " ".join(sys.argv if argv is None else argv),
         }
-        (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-        done = [r for r in reqs if r["finish_s"] is not None]
-        ttft = sorted(r["first_token_s"] - r["arrival_s"] for r in done)
-        print(f"{path.stem}: {len(done)}/{len(reqs)} done in {wall:.1f} s, {len(steps)} steps, "
-              f"TTFT p50 {ttft[len(ttft) // 2] * 1e3:.1f} ms", flush=True)
+        line = write_run(a.out / path.stem, reqs, meta, steps)
+        print(f"{path.stem}: {line}, {len(steps)} steps", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

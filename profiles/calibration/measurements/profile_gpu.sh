@@ -8,6 +8,9 @@
 #         acceptance length 3.0 / 1.0), prefix prefix-off (prefix-heavy synthetic traces with
 #         vLLM's prefix caching on / off), awq (Llama-3.1-8B AWQ W4A16, random 4-bit weights),
 #         kv-fp8 (Llama-3.1-8B bf16 with an FP8 KV cache)
+#         sweep, sweep-moe (isolated prompts of 16..8192 tokens: single prefill steps on both
+#         sides of the CUDA-graph capture size; Llama-3.1-8B bf16, fp8 and bf16 at
+#         max-num-seqs 64, then Qwen3-30B-A3B), ops (the torch operator micro-profiler)
 set -euo pipefail
 DEST=$1; shift
 T=profiles/calibration/measurements/traces
@@ -37,6 +40,15 @@ for g in "$@"; do
         --trace $T/prefix-s4-r4.jsonl --out $DEST/llama8b-bf16-prefix ;;
     prefix-off) $P --model llama-3.1-8b --no-enable-prefix-caching --trace $T/prefix-s4.jsonl \
         --trace $T/prefix-s4-r4.jsonl --out $DEST/llama8b-bf16-prefix-off ;;
+    sweep) $P --model llama-3.1-8b --trace $T/prefill-sweep.jsonl --out $DEST/llama8b-bf16
+      $P --model llama-3.1-8b --quantization fp8 --trace $T/prefill-sweep.jsonl --out $DEST/llama8b-fp8
+      $P --model llama-3.1-8b --max-num-seqs 64 --max-num-batched-tokens 2048 \
+        --trace $T/prefill-sweep.jsonl --out $DEST/llama8b-bf16-s64-t2048 ;;
+    sweep-moe) $P --model qwen3-30b-a3b --trace $T/prefill-sweep.jsonl --out $DEST/qwen3-30b-a3b-bf16 ;;
+    ops) O="python3 -m simulator.profiler.operators"
+      $O --model llama-3.1-8b --fp8 --out $DEST/ops/llama-3.1-8b
+      $O --model qwen3-30b-a3b --out $DEST/ops/qwen3-30b-a3b
+      $O --model qwen2.5-32b --fp8 --out $DEST/ops/qwen2.5-32b ;;
     *) echo "unknown group $g" >&2; exit 2 ;;
   esac 2>&1 | tee "$DEST/$g.log" | grep -v "^\(INFO\|WARNING\|DEBUG\)" | tail -20
 done
