@@ -82,6 +82,17 @@ def explain_table(dep, rows: list[OpCost], n_dec: int, ctx: int, chunks) -> Tabl
     t.add_row("step total", "", f"{sum(r.flops for r in rows) / 1e9:,.2f}",
               f"{sum(r.hbm_bytes for r in rows) / 1e6:,.2f}", "", "", "",
               f"{total * 1e6:,.1f}", "100%")
+    o, rf = cal.overhead, dep.roofline
+    floor = (f"at least {rf.layers} layers x {o.eager_layer_s * 1e3:.2f} ms"
+             + (f" + {rf.moe_layers} MoE layers x {o.eager_moe_layer_s * 1e3:.2f} ms"
+                if rf.moe_layers else "") + " of kernel launches")
+    graphs = ("no CUDA graphs (--enforce-eager): every step runs eagerly, " + floor
+              if rf.graph_max_tokens == 0 else
+              f"CUDA graphs up to {rf.graph_max_tokens:,.0f} tokens; larger steps run eagerly, "
+              + floor)
+    t.caption = (f"{graphs}. Every request also waits {o.request_latency_s * 1e3:.1f} ms outside "
+                 "the steps (admission, output processing).")
+    t.caption_justify = "left"
     return t
 
 

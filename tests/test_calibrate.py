@@ -6,9 +6,12 @@ import subprocess
 import sys
 import tomllib
 
-from simulator.calibrate import Sample
+import pytest
+
+from simulator.calibrate import Sample, alone_latencies
 from simulator.cost.calibration import load_profile, select_profile
 from simulator.paths import profiles_dir
+from simulator.validate import find_runs
 from tests.conftest import ROOT
 
 H200 = profiles_dir() / "calibration" / "measurements" / "h200" / "vllm-0.25.1"
@@ -25,6 +28,17 @@ def test_calibrate_fits_measured_steps_and_writes_a_loadable_profile(tmp_path):
     raw = tomllib.loads(out.read_text())["provenance"]
     assert raw["gpu_driver_name"] == "NVIDIA H200" and raw["vllm"] == "0.25.1"
     assert "gemm_compute_fp8" not in raw["fitted"]  # no FP8 run: not identifiable, not moved
+    # Front-end latency: measured, the median over the requests the runs served alone (the
+    # prefill sweep's 66 isolated prompts among them), not fitted.
+    alone = sorted(x for d in find_runs([H200 / "llama8b-bf16"]) for x in alone_latencies(d))
+    assert len(alone) >= 66 and "request_latency_s" in raw["fitted"]
+    assert prof.overhead.request_latency_s == pytest.approx(alone[len(alone) // 2], rel=1e-5)
+    assert 0.001 < prof.overhead.request_latency_s < 0.01
+    # Values it does not fit keep their number and their stated reason from the base profile.
+    defaults = load_profile(profiles_dir() / "calibration" / "defaults.toml")
+    assert prof.efficiency.w4a16_stream == defaults.efficiency.w4a16_stream
+    line = next(x for x in out.read_text().splitlines() if x.startswith("w4a16_stream"))
+    assert "# assumption: 4-bit weights stream" in line
     # The fit explains the measured device time of the steps it saw better than the datasheet
     # defaults do, to a median error under 3%.
     s = Sample(H200 / "llama8b-bf16" / "az-r8", 2000)
