@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cache
 
 from simulator.cost.calibration import CalibrationProfile
 from simulator.cost.quantization import Precision
@@ -51,6 +52,7 @@ class StepCost:
 GEMMS = frozenset({"attn_proj(qkv,o)", "mlp", "moe_experts", "lm_head"})
 
 
+@cache
 def _is_gemm(name: str) -> bool:
     """Projection, MLP, expert and lm_head operators (the target's or the draft's)."""
     if name.startswith("draft:"):
@@ -220,12 +222,16 @@ class Roofline:
         """Host-side cost of a step, serial with the GPU: scheduling, input preparation, output
         processing; plus the eager attention launches of a piecewise-graph step (one that holds
         prefill and fits a captured graph)."""
-        o = self.overhead
-        piecewise = 0.0
-        if has_prefill and tokens <= self.graph_max_tokens:
-            piecewise = o.prefill_step_s + (o.prefill_step_fp8_s if self.fp8_step else 0.0)
         return [("step_overhead(cpu)", 1, 0.0, 0.0, 0.0, INF, INF, INF,
-                 o.step_s + o.per_seq_s * n_seqs + piecewise)]
+                 self.cpu_time(n_seqs, tokens, has_prefill))]
+
+    def cpu_time(self, n_seqs: int, tokens: int, has_prefill: bool) -> float:
+        """The time of :meth:`cpu_ops`."""
+        o = self.overhead
+        t = o.step_s + o.per_seq_s * n_seqs
+        if has_prefill and tokens <= self.graph_max_tokens:
+            t += o.prefill_step_s + (o.prefill_step_fp8_s if self.fp8_step else 0.0)
+        return t
 
     def eager_floor(self, tokens: int) -> float:
         """Time the CPU needs to launch an eager step's kernels (0 when a graph covers it)."""
@@ -295,8 +301,15 @@ class Roofline:
 
     def _sum(self, ops: list[tuple]) -> tuple[float, float, float]:
         t = f = b = 0.0
+        p = self.gemm_p
         for name, c, fl, hb, wi, rc, rm, rn, fx in ops:
-            t += c * (self.op_time(name, fl, hb, wi, rc, rm, rn) + fx)
+            x, y = fl / rc, hb / rm
+            if p < INF and x and y and _is_gemm(name):  # op_time, inlined: the hot path
+                m = x if x > y else y
+                op = m * ((x / m) ** p + (y / m) ** p) ** (1 / p)
+            else:
+                op = max(x, y, wi / rn)
+            t += c * (op + fx)
             f += c * fl
             b += c * hb
         return t, f, b
@@ -316,7 +329,7 @@ class Roofline:
             dt, df, db = self._sum(self.draft_ops(n_decode, decode_ctx, prefills))
             t, f, b = t + dt, f + df, b + db
         gpu = t + lay[0]
-        cpu = self._sum(self.cpu_ops(n_decode + len(prefills), tokens, bool(prefills)))[0]
+        cpu = self.cpu_time(n_decode + len(prefills), tokens, bool(prefills))
         return StepCost(max(gpu, self.eager_floor(tokens)) + cpu, f + lay[1], b + lay[2])
 
     def explain(
@@ -343,7 +356,7 @@ class Roofline:
             rest = self._sum(self.step_ops(batch, 0.0, [], batch * q, skip_decode_attention=True))
             d = self._sum([o for o in self.draft_ops(batch, 0.0, []) if
                            not o[0].startswith("draft:attention_decode")])
-            cpu = self._sum(self.cpu_ops(batch, batch * q, False))[0]
+            cpu = self.cpu_time(batch, batch * q, False)
             gpu = lay[0] + rest[0] + d[0]
             # Steps last max(GPU work, eager launch floor) + CPU: the run keeps the floor as
             # "attention must exceed floor - constant GPU work before it shows".
