@@ -50,9 +50,10 @@ PARAMS = (
     ("overhead", "prefill_step_fp8_s", 0.0, 0.02),
     ("overhead", "eager_layer_s", 0.0, 0.005),
     ("overhead", "eager_moe_layer_s", 0.0, 0.005),
+    ("overhead", "moe_layer_s", 0.0, 0.001),
 )
 FP8_ONLY = ("gemm_compute_fp8", "gemm_memory_fp8", "prefill_step_fp8_s")
-MOE_ONLY = ("moe_gemm", "eager_moe_layer_s")
+MOE_ONLY = ("moe_gemm", "eager_moe_layer_s", "moe_layer_s")
 STEPS_PER_RUN = 1500  # evenly spaced sample of each run's steps: enough to pin 8 factors
 
 
@@ -144,12 +145,12 @@ def fit(run_dirs: list[Path], base: CalibrationProfile, per_run: int = STEPS_PER
         data["overhead"]["request_latency_s"] = max(alone[len(alone) // 2], 0.0)
     # A launch floor of 0 has no gradient (it never binds): start it where it binds sometimes.
     start = {"gemm_roofline_p": 4.0, "eager_layer_s": 1e-3, "eager_moe_layer_s": 1e-4,
-             "prefill_step_fp8_s": 1e-3}
+             "prefill_step_fp8_s": 1e-3, "moe_layer_s": 1e-5}
     x0 = [min(max(data[sec].get(key) or start.get(key, 0.7), lo + 1e-6), hi - 1e-9)
           for sec, key, lo, hi in active]
     # Overheads are fitted in milliseconds/microseconds so every variable is of order one.
     unit = {"step_s": 1e-3, "prefill_step_s": 1e-3, "prefill_step_fp8_s": 1e-3, "per_seq_s": 1e-6,
-            "eager_layer_s": 1e-4, "eager_moe_layer_s": 1e-4}
+            "eager_layer_s": 1e-4, "eager_moe_layer_s": 1e-4, "moe_layer_s": 1e-5}
     scale = np.array([unit.get(k, 1.0) for _, k in names])
 
     # Each run weighs the same, and within a run its prefill-carrying steps weigh as much as its

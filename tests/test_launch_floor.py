@@ -116,3 +116,18 @@ def test_moe_kv_cache_matches_vllm(gpu):
     assert blocks == pytest.approx(json.loads((run / "meta.json").read_text())["num_gpu_blocks"],
                                    rel=0.01)
     assert meta["num_gpu_blocks"] > 0
+
+
+def test_every_moe_layer_pays_its_fixed_routing_time(cal, tmp_path):
+    p = tmp_path / "moe.toml"
+    p.write_text(Path(cal).read_text().replace("comm_latency_s = 0.0",
+                                               "comm_latency_s = 0.0\nmoe_layer_s = 0.00003"))
+    base, moe = _dep(cal, model="qwen3-30b-a3b").roofline, _dep(str(p), model="qwen3-30b-a3b").roofline
+    for n_dec in (1, 64):  # decode steps in graphs: 48 MoE layers x 30 us more, whatever the batch
+        d = moe.step(n_dec, n_dec * 500.0, [], n_dec).time_s - base.step(n_dec, n_dec * 500.0, [],
+                                                                         n_dec).time_s
+        assert d == pytest.approx(48 * 0.00003, rel=1e-9)
+        assert moe.decode_run(n_dec, n_dec * 500.0).duration(3) - base.decode_run(
+            n_dec, n_dec * 500.0).duration(3) == pytest.approx(3 * 48 * 0.00003, rel=1e-9)
+    dense = _dep(str(p)).roofline  # a dense model has no MoE layer to pay it
+    assert dense.step(8, 4000.0, [], 8).time_s == _dep(cal).roofline.step(8, 4000.0, [], 8).time_s

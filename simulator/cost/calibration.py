@@ -62,6 +62,9 @@ class Overhead(BaseModel):
     eager_layer_s: float = Field(default=0.0, ge=0)
     # ... plus this per MoE layer (router, top-k, permutation and grouped-GEMM launches).
     eager_moe_layer_s: float = Field(default=0.0, ge=0)
+    # Fixed GPU time of every MoE layer in every step, graphs or not: routing, top-k, token
+    # alignment and permutation kernels, latency-bound at small batches.
+    moe_layer_s: float = Field(default=0.0, ge=0)
     # Per request, outside the engine's steps: admission (request processing before the first
     # schedule) plus output processing until the token reaches the client. Shifts first-token
     # and finish times, not the engine. Measured by `simulate calibrate` on requests served

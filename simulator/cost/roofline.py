@@ -169,7 +169,8 @@ class Roofline:
                             2 * tokens * (moe.top_k * mlp_p + shared_p + router_p),
                             (touched * mlp_p + shared_p + router_p) * wb
                             + tokens * ab * (2 * self.model.hidden * (moe.top_k + 1)),
-                            0.0, self.rc_gemm * self.moe_eff, self.rm_gemm * self.moe_eff, INF, 0.0))
+                            0.0, self.rc_gemm * self.moe_eff, self.rm_gemm * self.moe_eff, INF,
+                            self.overhead.moe_layer_s))
         out.append(("norms+kv_write", L, 0.0,
                     tokens * (self.elem_bytes_token + self.kv_bytes_token_layer), 0.0,
                     INF, self.rm_elem, INF, 0.0))
