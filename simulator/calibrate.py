@@ -140,9 +140,11 @@ def fit(run_dirs: list[Path], base: CalibrationProfile, per_run: int = STEPS_PER
               and not (p[1] in MOE_ONLY and not any(s.moe for s in samples))]
     names = [(sec, key) for sec, key, _, _ in active]
     data = base.model_dump(exclude={"path"})
+    # Front-end latency is measured, not fitted: the median over requests served alone.
     alone = sorted(x for d in run_dirs for x in alone_latencies(d))
-    if len(alone) >= 5:
-        data["overhead"]["request_latency_s"] = max(alone[len(alone) // 2], 0.0)
+    latency = max(alone[len(alone) // 2], 0.0) if len(alone) >= 5 else None
+    if latency is not None:
+        data["overhead"]["request_latency_s"] = latency
     # A launch floor of 0 has no gradient (it never binds): start it where it binds sometimes.
     start = {"gemm_roofline_p": 4.0, "eager_layer_s": 1e-3, "eager_moe_layer_s": 1e-4,
              "prefill_step_fp8_s": 1e-3, "moe_layer_s": 1e-5}
@@ -178,8 +180,8 @@ def fit(run_dirs: list[Path], base: CalibrationProfile, per_run: int = STEPS_PER
         per_run[s.name] = {"steps": len(e), "median_abs_log_err": e[len(e) // 2],
                            "p90_abs_log_err": e[int(0.9 * (len(e) - 1))]}
     params = dict(zip([k for _, k in names], fitted.tolist(), strict=True))
-    if len(alone) >= 5:
-        params["request_latency_s"] = cal.overhead.request_latency_s
+    if latency is not None:
+        params["request_latency_s"] = latency
     return {"profile": cal, "params": params, "alone_requests": len(alone),
             "runs": per_run, "gpu": samples[0].gpu.name, "meta": samples[0].meta,
             "models": sorted({s.meta["model"] + (" fp8" if s.fp8 else "") for s in samples})}

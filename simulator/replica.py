@@ -3,7 +3,7 @@
 A general step (any prefill, admission or preemption) is one event. When only decodes remain,
 the replica advances a whole run of steps, up to the next completion, KV exhaustion or arrival,
 in one event whose duration is the closed-form sum of
-:class:`~simulator.cost.roofline.DecodeRun`.
+:class:`~simulator.cost.decode_run.DecodeRun`.
 
 vLLM (0.25, async scheduling on by default) forms batch k+1 while batch k runs, so a request
 that arrives after batch k started can join batch k+2 at the earliest; only an engine with

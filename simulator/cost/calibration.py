@@ -35,11 +35,11 @@ class Efficiency(BaseModel):
     # profiles/calibration/operators show 0.5 vs 0.8 at one token). None: gemm_memory.
     gemm_memory_fp8: float | None = Field(default=None, gt=0, le=1)
     moe_gemm: float | None = Field(default=None, gt=0, le=1)
-    # W4A16 (AWQ/GPTQ on Marlin kernels), relative to the 16-bit GEMM: compute rate (dequantising
-    # in registers) and achieved bandwidth streaming the 4-bit weights.
     # Sharpness of the GEMM roofline: op time = p-norm of (compute time, memory time); None is
     # the hard max. Fitted: kernels near the ridge point are slower than either bound alone.
     gemm_roofline_p: float | None = Field(default=None, ge=1)
+    # W4A16 (AWQ/GPTQ on Marlin kernels), relative to the 16-bit GEMM: compute rate (dequantising
+    # in registers) and achieved bandwidth streaming the 4-bit weights.
     w4a16_compute: float | None = Field(default=None, gt=0, le=2)
     w4a16_stream: float | None = Field(default=None, gt=0, le=2)
 

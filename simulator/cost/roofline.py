@@ -1,14 +1,14 @@
-"""Roofline cost of one vLLM engine step, per operator, and its closed form over decode runs.
+"""Roofline cost of one vLLM engine step, per operator.
 
 Each operator takes ``max(FLOPs / achieved compute, HBM bytes / achieved bandwidth,
-wire bytes / achieved link bandwidth) + fixed latency``, where achieved = datasheet peak x an
-efficiency from the calibration profile. All figures are per GPU of one tensor-parallel group
-(weights and heads split ``tp`` ways).
+wire bytes / achieved link bandwidth) + fixed latency`` (for GEMMs a soft maximum, see
+:meth:`Roofline.op_time`), where achieved = datasheet peak x an efficiency from the calibration
+profile. All figures are per GPU of one tensor-parallel group (weights and heads split ``tp``
+ways). A step adds its CPU cost and, above the CUDA-graph capture size, lasts at least its
+eager kernel-launch floor.
 
-Between two scheduler events a replica only decodes: the batch ``B`` is fixed and the summed
-context grows by ``B`` per step, so only decode attention changes, linearly. :class:`DecodeRun`
-sums ``m`` such steps in closed form, which is what lets the simulator advance a whole run in one
-event instead of one event per token.
+Between two scheduler events a replica only decodes, so :meth:`Roofline.decode_run` hands the
+run to :class:`~simulator.cost.decode_run.DecodeRun`, which sums its steps in closed form.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from simulator.cost.calibration import CalibrationProfile
+from simulator.cost.decode_run import DecodeRun
 from simulator.cost.quantization import Precision
 from simulator.gpu import GPUSpec
 from simulator.model import ModelSpec
@@ -134,7 +135,7 @@ class Roofline:
         # from --max-cudagraph-capture-size / --enforce-eager). Larger steps run eagerly: the
         # CPU launches every kernel of every layer, and the step takes at least that long.
         self.graph_max_tokens = INF
-        self._k_cache: dict[int, tuple[float, float, float]] = {}
+        self._k_cache: dict[int, tuple[float, float, float, float]] = {}
         self._layer_cache: dict[int, tuple[float, float, float]] = {}
 
     # --- weights -----------------------------------------------------------------------------
@@ -302,15 +303,8 @@ class Roofline:
 
     def _sum(self, ops: list[tuple]) -> tuple[float, float, float]:
         t = f = b = 0.0
-        p = self.gemm_p
         for name, c, fl, hb, wi, rc, rm, rn, fx in ops:
-            x, y = fl / rc, hb / rm
-            if p < INF and x and y and _is_gemm(name):  # op_time, inlined: the hot path
-                m = x if x > y else y
-                op = m * ((x / m) ** p + (y / m) ** p) ** (1 / p)
-            else:
-                op = max(x, y, wi / rn)
-            t += c * (op + fx)
+            t += c * (self.op_time(name, fl, hb, wi, rc, rm, rn) + fx)
             f += c * fl
             b += c * hb
         return t, f, b
@@ -365,117 +359,3 @@ class Roofline:
                  self.eager_floor(batch * q) - gpu)
             self._k_cache[batch] = k
         return DecodeRun(self, batch, ctx0, k, growth)
-
-
-class DecodeRun:
-    """``m`` consecutive decode-only steps of a fixed batch, summed in closed form.
-
-    Step ``i`` (from 0) reads ``ctx0 + B*(i+1)`` KV tokens per layer, so its attention costs
-    ``L * max(a1 + b1*i, a2 + b2*i)``; everything else is the constant ``K(B)``. A batch larger
-    than the biggest captured CUDA graph runs eagerly and lasts at least its launch floor: step
-    ``i`` takes ``K + max(L * att(i), spare)``, where ``spare`` is the floor less the constant
-    GPU work. Attention only grows, so the floor binds for a leading block of steps.
-    """
-
-    __slots__ = ("batch", "k_time", "k_flops", "k_bytes", "a1", "b1", "a2", "b2", "L",
-                 "f0", "f1", "by0", "by1", "a", "b", "spare", "_s")
-
-    def __init__(self, rf: Roofline, batch: int, ctx0: float,
-                 k: tuple[float, float, float, float], growth: float | None = None):
-        self.batch = batch
-        self.k_time, self.k_flops, self.k_bytes, self.spare = k
-        growth = batch if growth is None else growth
-        q = rf.q
-        self.L = rf.layers
-        c = ctx0 + batch * q
-        pf, kvb = rf.pair_flops_decode, rf.kv_bytes_token_layer
-        self.f0, self.f1 = pf * c * q, pf * growth * q
-        self.by0 = c * kvb + batch * q * rf.attn_qo_bytes
-        self.by1 = growth * kvb
-        sp = rf.spec
-        if sp is not None and sp.draft is not None:
-            # The draft's k decode passes read its own (smaller) KV cache: folded in as layers
-            # of the target's (same ctx, scaled bytes), memory-bound like decode attention.
-            d = sp.draft
-            scale = sp.k * d.layers * d.kv_bytes_token_layer / (self.L * kvb)
-            self.by0 += scale * (ctx0 + batch) * kvb + sp.k * d.layers / self.L * batch * \
-                d.attn_qo_bytes
-            self.by1 += scale * growth * kvb
-        self.a1, self.b1 = self.f0 / rf.rc_attn_d, self.f1 / rf.rc_attn_d
-        self.a2, self.b2 = self.by0 / rf.rm_attn_d, self.by1 / rf.rm_attn_d
-        # One line dominates for every step (the usual case: decode attention is memory-bound).
-        if self.a2 >= self.a1 and self.b2 >= self.b1:
-            self.a, self.b = self.a2, self.b2
-        elif self.a1 >= self.a2 and self.b1 >= self.b2:
-            self.a, self.b = self.a1, self.b1
-        else:
-            self.a = self.b = None
-        self._s = self._floor_steps() if self.spare > 0 else 0
-
-    def _floor_steps(self) -> float:
-        """Number of leading steps whose attention is below the launch floor."""
-        thr = self.spare / self.L
-        s = INF
-        for a, b in ((self.a1, self.b1), (self.a2, self.b2)):
-            if a >= thr:
-                return 0
-            if b > 0:
-                s = min(s, math.ceil((thr - a) / b))
-        return s
-
-    @staticmethod
-    def _lin(a: float, b: float, lo: int, hi: int) -> float:
-        """sum_{i=lo}^{hi-1} (a + b*i)."""
-        n = hi - lo
-        return a * n + b * (lo + hi - 1) * n / 2 if n > 0 else 0.0
-
-    def duration(self, m: int) -> float:
-        """Time of the first ``m`` steps."""
-        t = m * self.k_time + self._attention(m)
-        if self._s:
-            s = min(self._s, m)
-            t += s * self.spare - self._attention(s)
-        return t
-
-    def _attention(self, m: int) -> float:
-        """Attention time of the first ``m`` steps."""
-        if self.a is not None:
-            return m * self.L * self.a + self.L * self.b * m * (m - 1) / 2
-        a1, b1, a2, b2 = self.a1, self.b1, self.a2, self.b2
-        # a1 + b1*i >= a2 + b2*i  <=>  i >= x (if b1 > b2) or i <= x (if b1 < b2)
-        x = (a2 - a1) / (b1 - b2)
-        if b1 > b2:
-            s = min(max(math.ceil(x), 0), m)
-            att = self._lin(a2, b2, 0, s) + self._lin(a1, b1, s, m)
-        else:
-            s = min(max(math.floor(x) + 1, 0), m)
-            att = self._lin(a1, b1, 0, s) + self._lin(a2, b2, s, m)
-        return self.L * att
-
-    def step_time(self, i: int) -> float:
-        return self.k_time + max(self.L * max(self.a1 + self.b1 * i, self.a2 + self.b2 * i),
-                                 self.spare)
-
-    def steps_done_by(self, dt: float, m_max: int) -> int:
-        """Largest m <= m_max whose first m steps finish within dt.
-
-        Steps only grow longer, so ``dt / step_time(0)`` bounds m from above, and cutting
-        ``ceil(excess / step_time(m-1))`` steps never cuts too many: a few evaluations suffice.
-        """
-        m = min(m_max, int(dt / self.step_time(0)))
-        while m > 0:
-            d = self.duration(m)
-            if d <= dt:
-                break
-            m -= max(1, math.ceil((d - dt) / self.step_time(m - 1)))
-        m = max(m, 0)
-        while m < m_max and self.duration(m + 1) <= dt:
-            m += 1
-        return m
-
-    def flops(self, m: int) -> float:
-        """FLOPs of the first m steps (the replica inlines the same sum on its hot path)."""
-        return m * self.k_flops + self.L * self._lin(self.f0, self.f1, 0, m)
-
-    def hbm_bytes(self, m: int) -> float:
-        return m * self.k_bytes + self.L * self._lin(self.by0, self.by1, 0, m)
