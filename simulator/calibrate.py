@@ -15,6 +15,7 @@ models, runs, command). The simulator then picks it for that GPU and says so in 
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import re
@@ -25,7 +26,7 @@ from simulator.cost.calibration import CalibrationProfile, load_profile
 from simulator.cost.roofline import Roofline
 from simulator.deployment import resolve
 from simulator.errors import InputError
-from simulator.gpu import parse_deployment
+from simulator.gpu import GPU_NAMES, parse_deployment
 from simulator.paths import profiles_dir
 from simulator.validate import load_run
 
@@ -98,19 +99,26 @@ class Sample:
 def alone_latencies(run_dir: Path) -> list[float]:
     """TTFT minus the prefill step's device time, for requests served alone (no other request
     in flight between their arrival and finish, prompt prefilled in one step, no cache hit):
-    what a request waits outside the engine's steps (admission, output processing)."""
+    what a request waits outside the engine's steps (admission, output processing).
+
+    Linear in the run's size after sorting: a request is alone when every earlier arrival has
+    finished before it arrives and the next arrival comes after it finishes."""
     reqs = [json.loads(x) for x in (run_dir / "requests.jsonl").read_text().splitlines() if x]
     steps = [json.loads(x) for x in (run_dir / "steps.jsonl").read_text().splitlines() if x]
-    spans = sorted((r["arrival_s"], r["finish_s"]) for r in reqs if r["finish_s"] is not None)
-    out = []
-    for r in reqs:
-        a, f, t = r["arrival_s"], r["finish_s"], r["first_token_s"]
-        if f is None or t is None or r.get("cached_tokens"):
+    steps.sort(key=lambda s: s["start_s"])
+    starts = [s["start_s"] for s in steps]
+    spans = sorted((r["arrival_s"], r["finish_s"], i) for i, r in enumerate(reqs)
+                   if r["finish_s"] is not None)
+    out, latest = [], -math.inf  # latest finish among earlier arrivals
+    for j, (a, f, i) in enumerate(spans):
+        alone = latest <= a and (j + 1 == len(spans) or spans[j + 1][0] >= f)
+        latest = max(latest, f)
+        r, t = reqs[i], reqs[i]["first_token_s"]
+        if not alone or t is None or r.get("cached_tokens"):
             continue
-        if sum(1 for s0, s1 in spans if s0 < f and s1 > a) != 1:  # overlaps only itself
-            continue
-        pre = [s for s in steps if a <= s["start_s"] <= t and s["gpu_s"]
-               and s["prefill"] == [[r["input_tokens"], 0]] and not s["n_decode"]]
+        lo, hi = bisect.bisect_left(starts, a), bisect.bisect_right(starts, t)
+        pre = [s for s in steps[lo:hi] if s["gpu_s"] and not s["n_decode"]
+               and s["prefill"] == [[r["input_tokens"], 0]]]
         if len(pre) == 1:
             out.append(t - a - pre[0]["gpu_s"])
     return out
@@ -242,6 +250,14 @@ def default_output(gpu: str, vllm_version: str) -> Path:
 
 
 def output_for(run_dir: Path) -> Path:
-    """Where a profile fitted to this measured run's GPU and vLLM version belongs."""
-    cfg, _, _, meta = load_run(run_dir)
-    return default_output(cfg.gpu, meta["vllm"])
+    """Where a profile fitted to this measured run's GPU and vLLM version belongs (reads only
+    its ``meta.json``; the fit reads the steps)."""
+    path = run_dir / "meta.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"not a measured run folder: {e}", file=str(run_dir)) from None
+    gpu = GPU_NAMES.get(meta.get("gpu"))
+    if gpu is None:
+        raise InputError(f"no GPU profile for {meta.get('gpu')!r}", file=str(path), field="gpu")
+    return default_output(gpu, meta["vllm"])

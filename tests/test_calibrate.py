@@ -61,3 +61,25 @@ def test_calibrate_refuses_runs_without_device_times(tmp_path):
     assert p.returncode == 1 and p.stderr.count("\n") == 1
     assert "steps.jsonl" in p.stderr and "gpu_s" in p.stderr
     assert not (tmp_path / "x.toml").exists()
+
+
+def test_alone_latencies_keep_only_requests_nothing_overlapped(tmp_path):
+    """A request counts as alone only if no other request was in flight at any point of its
+    life, including one that arrived long before it and is still decoding."""
+    import json
+
+    reqs = [  # (arrival, first token, finish, prompt)
+        (0.0, 0.05, 10.0, 100),   # long request: overlaps the next two
+        (1.0, 1.04, 2.0, 200),    # inside the first one's life: not alone
+        (3.0, 3.03, 4.0, 300),    # still inside the first one's life: not alone
+        (11.0, 11.02, 12.0, 400),  # alone: latency = 0.02 - its prefill step's 0.012
+        (13.0, 13.05, 14.0, 500),  # overlapped by the next arrival
+        (13.5, 13.6, 15.0, 600),
+    ]
+    (tmp_path / "requests.jsonl").write_text("".join(
+        json.dumps({"arrival_s": a, "first_token_s": t, "finish_s": f, "input_tokens": n})
+        + "\n" for a, t, f, n in reqs))
+    steps = [{"start_s": a + 0.001, "gpu_s": 0.012, "n_decode": 0, "prefill": [[n, 0]]}
+             for a, _, _, n in reqs]
+    (tmp_path / "steps.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps))
+    assert alone_latencies(tmp_path) == pytest.approx([0.02 - 0.012])
