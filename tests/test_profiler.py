@@ -50,6 +50,9 @@ def test_replay_records_every_request_and_step(tmp_path):
     assert max(sum(n for n, _ in s["prefill"]) + s["n_decode"] for s in steps) <= 512
     meta = json.loads((out / "meta.json").read_text())
     assert meta["model"].endswith("tiny-llama.json") and meta["num_gpu_blocks"] > 0
+    # The warm-up grid ran (one prompt per step-size class up to the batch budget) and none of
+    # its tokens reached the timed record (the token accounting above would break).
+    assert meta["warmup_prompt_tokens"] == [16, 17, 32, 33, 64, 65, 128, 129, 256, 257, 512]
 
 
 @pytest.mark.skipif(PY is None, reason="no Python with vLLM (set PROFILER_PYTHON)")
@@ -202,3 +205,13 @@ def test_operator_profiler_times_the_model_shapes(tmp_path):
     assert ops.count("copy") == 1
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["device"] == "cpu" and meta["gpu_profile"] is None and meta["quick"] is True
+
+
+def test_warmup_covers_every_step_size_class_up_to_the_batch_budget():
+    from simulator.profiler.vllm_replay import warmup_sizes
+
+    sizes = warmup_sizes(8192, 16384)
+    # Powers of two from 16 and their odd neighbours, up to the largest step vLLM may form.
+    assert sizes[:4] == [16, 17, 32, 33] and sizes[-1] == 8192 and 4097 in sizes
+    assert all(n <= 8192 for n in sizes) and len(sizes) == 19
+    assert max(warmup_sizes(8192, 2048)) <= 2040  # no prompt longer than the model accepts

@@ -59,6 +59,22 @@ def test_w4a16_efficiencies_come_from_the_calibration(unit_cal, tmp_path):
     assert (h100.w4a16_compute, h100.w4a16_stream) == (1.1, 0.7)
 
 
+def test_lm_head_stays_16_bit_under_every_scheme(unit_cal, tmp_path):
+    """vLLM keeps lm_head in 16 bits: its bytes, its streaming and its rate are the bf16 ones,
+    whatever the layers' FP8 or W4A16 efficiencies are."""
+    cal = tmp_path / "q.toml"
+    cal.write_text(Path(unit_cal).read_text().replace("comm_bus = 1.0", "comm_bus = 1.0\n"
+                   "gemm_memory_fp8 = 0.5\ngemm_compute_fp8 = 0.4\nw4a16_stream = 0.7"))
+    heads = {q: op(dep(str(cal), quantization=q), "lm_head", n_decode=1, ctx=100)
+             for q in (None, "fp8", "awq")}
+    for q in ("fp8", "awq"):
+        assert heads[q].hbm_bytes == heads[None].hbm_bytes
+        assert heads[q].time_s == pytest.approx(heads[None].time_s)
+    # ...while the FP8 layers do stream at their own efficiency (0.5 of the datasheet here).
+    mlp = op(dep(str(cal), quantization="fp8"), "mlp", n_decode=1, ctx=100)
+    assert mlp.time_s == pytest.approx(mlp.hbm_bytes / (3350e9 * 0.5), rel=0.01)
+
+
 def test_two_four_sparsity_doubles_the_rate_and_halves_the_weights(unit_cal):
     dense = dep(unit_cal, quantization="fp8")
     sparse = dep(unit_cal, quantization="fp8", sparsity="2:4")

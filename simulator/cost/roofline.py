@@ -77,7 +77,9 @@ class Roofline:
         self.rc_gemm = gpu.peak_flops(prec.gemm_dtype) * gemm_eff * prec.gemm_rate_factor
         w4 = prec.scheme in ("awq", "gptq")
         self.moe_eff = e.moe_gemm or 1.0
-        self.rc_head = gpu.peak_flops(prec.attn_dtype) * e.gemm_compute  # lm_head stays 16-bit
+        # lm_head stays 16-bit under every quantization scheme: 16-bit rate and streaming.
+        self.rc_head = gpu.peak_flops(prec.attn_dtype) * e.gemm_compute
+        self.rm_head = bw * e.gemm_memory
         self.gemm_p = e.gemm_roofline_p or INF
         self.rm_gemm = bw * (e.gemm_memory_fp8 if eight and e.gemm_memory_fp8 else e.gemm_memory)
         self.fp8_step = prec.gemm_dtype in ("fp8", "int8")
@@ -211,7 +213,7 @@ class Roofline:
         if n_logits:
             out.append(("lm_head", 1, 2 * n_logits * self.head_params,
                         self.head_params * 2 + n_logits * self.model.vocab / self.tp * 4, 0.0,
-                        self.rc_head, self.rm_gemm, INF, 0.0))
+                        self.rc_head, self.rm_head, INF, 0.0))
         if self.pp > 1:
             # Each stage boundary sends the batch's hidden states to the next stage's GPUs.
             tokens = n_decode * self.q + sum(n for n, _ in prefills)
