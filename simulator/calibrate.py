@@ -26,9 +26,9 @@ from simulator.cost.calibration import CalibrationProfile, load_profile
 from simulator.cost.roofline import Roofline
 from simulator.deployment import resolve
 from simulator.errors import InputError
-from simulator.gpu import GPU_NAMES, parse_deployment
+from simulator.gpu import parse_deployment
 from simulator.paths import profiles_dir
-from simulator.validate import load_run
+from simulator.validate import load_run, run_meta
 
 # Nothing streams HBM faster than a device-to-device copy: 0.89 of the datasheet bandwidth on
 # both lent GPUs (profiles/calibration/operators). Bandwidth efficiencies stop there, so a fit
@@ -252,12 +252,5 @@ def default_output(gpu: str, vllm_version: str) -> Path:
 def output_for(run_dir: Path) -> Path:
     """Where a profile fitted to this measured run's GPU and vLLM version belongs (reads only
     its ``meta.json``; the fit reads the steps)."""
-    path = run_dir / "meta.json"
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"not a measured run folder: {e}", file=str(run_dir)) from None
-    gpu = GPU_NAMES.get(meta.get("gpu"))
-    if gpu is None:
-        raise InputError(f"no GPU profile for {meta.get('gpu')!r}", file=str(path), field="gpu")
+    meta, gpu = run_meta(run_dir)
     return default_output(gpu, meta["vllm"])

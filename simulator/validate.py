@@ -22,16 +22,25 @@ METRICS = ("ttft_s", "tpot_s", "e2e_s")
 PCTS = ("p50", "p90", "p99")
 
 
-def load_run(run_dir: Path) -> tuple[SimulationConfig, list[Request], list[dict], dict]:
+def run_meta(run_dir: Path) -> tuple[dict, str]:
+    """A measured run's ``meta.json`` and the simulator's name for the GPU it ran on."""
     try:
         meta = json.loads((run_dir / "meta.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"not a measured run folder: {e}", file=str(run_dir)) from None
+    gpu = GPU_NAMES.get(meta.get("gpu"))
+    if gpu is None:
+        raise InputError(f"no GPU profile for {meta.get('gpu')!r}", file=str(run_dir / "meta.json"),
+                         field="gpu")
+    return meta, gpu
+
+
+def load_run(run_dir: Path) -> tuple[SimulationConfig, list[Request], list[dict], dict]:
+    meta, gpu = run_meta(run_dir)
+    try:
         rows = [json.loads(x) for x in (run_dir / "requests.jsonl").read_text().splitlines() if x]
     except (OSError, json.JSONDecodeError) as e:
         raise InputError(f"not a measured run folder: {e}", file=str(run_dir)) from None
-    gpu = GPU_NAMES.get(meta["gpu"])
-    if gpu is None:
-        raise InputError(f"no GPU profile for {meta['gpu']!r}", file=str(run_dir / "meta.json"),
-                         field="gpu")
     ea = meta["engine_args"]
     engine = EngineArgs(
         tensor_parallel_size=ea.get("tensor_parallel_size") or 1,

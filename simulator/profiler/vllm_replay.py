@@ -299,11 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     print(f"engine up in {startup:.1f} s on {gpu}; KV blocks {cfg.cache_config.num_gpu_blocks}",
           flush=True)
+    # Warm-up outside each timed replay, one request at a time so each is its own step size.
+    sizes = [64] if a.warmup == "one" else warmup_sizes(a.max_num_batched_tokens, a.max_model_len)
     for path in a.trace:
         rows = load_rows(path)
-        # Warm-up outside the timed replay, one request at a time so each is its own step size.
-        sizes = ([64] if a.warmup == "one"
-                 else warmup_sizes(a.max_num_batched_tokens, a.max_model_len))
         for i, n in enumerate(sizes):
             replay(engine, [{"arrival_s": 0, "input_tokens": n, "output_tokens": 2}], vocab, i + 1)
         t = time.perf_counter()
