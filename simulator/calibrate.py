@@ -1,12 +1,18 @@
 """Fit the cost model's efficiency factors and per-step overheads to measured vLLM steps.
 
 Input: measured runs (folders written by :mod:`simulator.profiler.vllm_replay`) whose
-``steps.jsonl`` carries each batch's device time ``gpu_s`` (CUDA events). For every sampled step
-the simulator's own :class:`~simulator.cost.roofline.Roofline` predicts the step time from the
-batch's make-up under a candidate profile; a robust least-squares fit (scipy, soft-L1 on the log
-ratio, so a 10% miss on a 5 ms decode step weighs the same as on a 500 ms prefill) moves the
-factors that the data identify. A factor whose operator class is absent from the runs (FP8
-GEMMs without FP8 runs, expert GEMMs without an MoE model) keeps its default.
+``steps.jsonl`` carries each batch's device time ``gpu_s`` (CUDA events) and each engine call's
+wall-clock start and return. For every sampled step the simulator's own
+:class:`~simulator.cost.roofline.Roofline` costs the batch under a candidate profile and
+:func:`simulator.engine_loop.place` places it as the simulator would, anchored where the
+measurement puts it (:mod:`simulator.measured_steps`: its call's start, the previous batch's end
+on the GPU). Two residuals per step: the predicted device time against ``gpu_s``, and the
+predicted return of the call (when the previous batch's tokens went out) against the measured
+one, which pins the engine thread's costs (launch, harvest) that device times alone cannot. A
+robust least-squares fit (scipy, soft-L1 on log ratios, so a 10% miss on a 5 ms decode step
+weighs the same as on a 500 ms prefill) moves the factors that the data identify. A factor
+whose operator class is absent from the runs (FP8 GEMMs without FP8 runs, expert GEMMs without
+an MoE model) keeps its default.
 
 Output: ``profiles/calibration/<gpu>/vllm-<version>.toml`` with the fitted values, the
 per-run fit residuals, and provenance (GPU as the driver names it, vLLM and torch versions, date,
@@ -23,11 +29,15 @@ import time
 from pathlib import Path
 
 from simulator.cost.calibration import CalibrationProfile, load_profile
-from simulator.cost.roofline import Roofline
-from simulator.deployment import resolve
+from simulator.deployment import resolve, with_calibration
+from simulator.engine_loop import place
+from simulator.engine_thread import RunShape, measure
 from simulator.errors import InputError
 from simulator.gpu import parse_deployment
+from simulator.measured_steps import read_steps
 from simulator.paths import profiles_dir
+from simulator.request import Request
+from simulator.run import run_simulation
 from simulator.validate import load_run, run_meta
 
 # Nothing streams HBM faster than a device-to-device copy: 0.89 of the datasheet bandwidth on
@@ -43,8 +53,9 @@ PARAMS = (
     ("efficiency", "gemm_memory_fp8", 0.2, COPY_BW),
     ("efficiency", "attn_prefill_compute", 0.05, 1.0),
     ("efficiency", "attn_decode_memory", 0.1, COPY_BW),
+    ("efficiency", "attn_mixed_decode_memory", 0.1, COPY_BW),
     ("efficiency", "moe_gemm", 0.05, 1.0),
-    ("efficiency", "gemm_roofline_p", 1.5, 30.0),
+    ("efficiency", "gemm_roofline_p", 1.0, 30.0),  # 1: compute and memory times add up
     ("overhead", "step_s", 0.0, 0.02),
     ("overhead", "per_seq_s", 0.0, 1e-4),
     ("overhead", "prefill_step_s", 0.0, 0.02),
@@ -52,6 +63,11 @@ PARAMS = (
     ("overhead", "eager_layer_s", 0.0, 0.005),
     ("overhead", "eager_moe_layer_s", 0.0, 0.005),
     ("overhead", "moe_layer_s", 0.0, 0.001),
+    ("overhead", "cpu_step_s", 0.0, 0.02),
+    ("overhead", "cpu_seq_s", 0.0, 1e-4),
+    ("overhead", "piecewise_layer_s", 0.0, 0.005),
+    ("overhead", "output_s", 0.0, 0.02),
+    ("overhead", "output_seq_s", 0.0, 1e-4),
 )
 FP8_ONLY = ("gemm_compute_fp8", "gemm_memory_fp8", "prefill_step_fp8_s")
 MOE_ONLY = ("moe_gemm", "eager_moe_layer_s", "moe_layer_s")
@@ -59,47 +75,57 @@ STEPS_PER_RUN = 1500  # evenly spaced sample of each run's steps: enough to pin 
 
 
 class Sample:
-    """One run's sampled steps and the fixed parts of its roofline."""
+    """One run's sampled steps, placed where the measurement puts them (measured_steps)."""
 
     def __init__(self, run_dir: Path, per_run: int):
         cfg, _, _, meta = load_run(run_dir)
-        dep = resolve(cfg.model_copy(update={"calibration": "none"}))
-        rf = dep.roofline
+        self.cfg, self.dep = cfg, resolve(cfg.model_copy(update={"calibration": "none"}))
+        rf = self.dep.roofline
         self.name, self.meta = f"{run_dir.parent.name}/{run_dir.name}", meta
-        self.model, self.gpu, self.tp, self.prec = rf.model, rf.gpu, rf.tp, rf.prec
-        self.graph_max_tokens = rf.graph_max_tokens
-        self.fp8 = self.prec.gemm_dtype == "fp8"
+        self.gpu = rf.gpu
+        self.fp8 = rf.prec.gemm_dtype == "fp8"
         self.moe = rf.model.is_moe
-        steps = []
-        path = run_dir / "steps.jsonl"
-        with path.open() as f:
-            for i, line in enumerate(f, 1):
-                s = json.loads(line)
-                tokens = s["n_decode"] + sum(n for n, _ in s["prefill"])
-                # The first steps of a replay include one-off warm-up (allocator, first shapes).
-                if i > 5 and s.get("gpu_s") and tokens:
-                    steps.append((s["n_decode"], s["decode_ctx"], [tuple(c) for c in s["prefill"]],
-                                  s["gpu_s"]))
+        # The first steps of a replay include one-off warm-up (allocator, first shapes).
+        steps = [s for s in read_steps(run_dir)[5:] if s.tokens]
         if not steps:
             raise InputError("no steps with device times (gpu_s); re-profile with CUDA events",
-                             file=str(path), field="gpu_s")
+                             file=str(run_dir / "steps.jsonl"), field="gpu_s")
         stride = max(1, len(steps) // per_run)
         self.steps = steps[::stride]
+        self.timeline = any(st.launched is not None for st in steps)
+        self.shape = RunShape(steps, rf.layers, rf.moe_layers, rf.graph_max_tokens)
+
+    def errors(self, cal: CalibrationProfile) -> tuple[list[float], list[float], list[float]]:
+        """Per step: log(simulated / measured) of the device time, and of the call's duration
+        up to its return (the previous batch's tokens emitted) and, where the run timed it (0
+        where not), up to the end of its launch."""
+        rf = with_calibration(self.dep, cal).roofline
+        dev, call, launch = [], [], []
+        for st in self.steps:
+            c = rf.step(st.n_decode, st.decode_ctx, st.prefill, st.n_decode + len(st.prefill))
+            pl = place(st.gpu_free, st.call_start, c, rf.output_time(st.prev_seqs),
+                       in_flight=st.in_flight, async_sched=rf.async_sched)
+            dev.append(math.log(max(pl.end - st.gpu_start, 1e-6) / st.gpu_s))
+            if not rf.async_sched:  # the call waits for its own batch, then harvests it
+                ret = pl.end + rf.output_time(st.n_decode + len(st.prefill))
+            else:
+                ret = pl.prev_emit if st.in_flight else pl.next_call
+            call.append(math.log(max(ret - st.call_start, 1e-6)
+                                 / max(st.call_end - st.call_start, 1e-6)))
+            stalled = st.prev_tokens > rf.graph_max_tokens  # see engine_thread
+            launch.append(0.0 if st.launched is None or stalled else math.log(
+                max(pl.launched - st.call_start, 1e-6) / max(st.launched - st.call_start, 1e-6)))
+        return dev, call, launch
 
     def log_errors(self, cal: CalibrationProfile) -> list[float]:
-        rf = Roofline(self.model, self.gpu, self.tp, self.prec, cal)
-        rf.graph_max_tokens = self.graph_max_tokens
-        out = []
-        for n_dec, ctx, pre, meas in self.steps:
-            t = rf.step(n_dec, ctx, pre, n_dec + len(pre)).time_s
-            out.append(math.log(t / meas))
-        return out
+        """log(simulated / measured) device time per sampled step."""
+        return self.errors(cal)[0]
 
 
-def alone_latencies(run_dir: Path) -> list[float]:
-    """TTFT minus the prefill step's device time, for requests served alone (no other request
-    in flight between their arrival and finish, prompt prefilled in one step, no cache hit):
-    what a request waits outside the engine's steps (admission, output processing).
+def alone_requests(run_dir: Path) -> list[dict]:
+    """Requests served alone: no other request in flight between their arrival and finish,
+    prompt prefilled in one step, no cache hit. What they wait beyond the simulated engine
+    loop is the front end's latency.
 
     Linear in the run's size after sorting: a request is alone when every earlier arrival has
     finished before it arrives and the next arrival comes after it finishes."""
@@ -120,19 +146,72 @@ def alone_latencies(run_dir: Path) -> list[float]:
         pre = [s for s in steps[lo:hi] if s["gpu_s"] and not s["n_decode"]
                and s["prefill"] == [[r["input_tokens"], 0]]]
         if len(pre) == 1:
-            out.append(t - a - pre[0]["gpu_s"])
+            out.append(r)
     return out
 
 
-def _with(base: dict, names: list[tuple[str, str]], x) -> CalibrationProfile:
+def draft_pass_time(run_dirs: list[Path], cal: CalibrationProfile) -> tuple[float, int] | None:
+    """Per draft layer per draft pass (vLLM launches a draft model's k passes layer by layer,
+    launch-bound at small batch): on the decode-only steps of draft-model speculative runs,
+    (device time - the wait for the first kernel - the rest of the step's GPU work) / (k x draft
+    layers); the median of the runs' medians, and the steps used. None without such runs."""
+    import statistics
+
+    medians, n = [], 0
+    for d in run_dirs:
+        cfg, _, _, _ = load_run(d)
+        rf = with_calibration(resolve(cfg.model_copy(update={"calibration": "none"})), cal).roofline
+        sp = rf.spec
+        if sp is None or sp.draft is None:
+            continue
+        per = sp.k * sp.draft.layers
+        vals = [(st.gpu_s - rf.first_kernel(st.n_decode)
+                 - (rf.step(st.n_decode, st.decode_ctx, [], st.n_decode).time_s
+                    - per * cal.overhead.draft_layer_pass_s)) / per
+                for st in read_steps(d)[5:] if st.n_decode and not st.prefill]
+        if vals:
+            medians.append(statistics.median(vals))
+            n += len(vals)
+    return (max(statistics.median(medians), 0.0), n) if medians else None
+
+
+def front_end_latency(samples: list[Sample], run_dirs: list[Path],
+                      cal: CalibrationProfile) -> tuple[float | None, int]:
+    """Median of measured minus simulated TTFT over the requests served alone (each simulated
+    alone under ``cal`` with no front-end latency), and their number; None under 5."""
+    cal0 = cal.model_copy(update={"overhead": cal.overhead.model_copy(
+        update={"request_latency_s": 0.0})})
+    gaps = []
+    for s, d in zip(samples, run_dirs, strict=True):
+        dep = with_calibration(s.dep, cal0)
+        for r in alone_requests(d):
+            sim = run_simulation(s.cfg, [Request("x", 0.0, r["input_tokens"], r["output_tokens"])],
+                                 deployment=dep).requests[0]
+            gaps.append(r["first_token_s"] - r["arrival_s"] - sim.ttft)
+    gaps.sort()
+    return (max(gaps[len(gaps) // 2], 0.0) if len(gaps) >= 5 else None), len(gaps)
+
+
+def _with(base: dict, names: list[tuple[str, str]], x,
+          carried: dict[str, float] | None = None) -> CalibrationProfile:
+    """``base`` with the named values set; ``("engine_thread", "host_speed")`` scales the
+    engine-thread costs ``carried`` from another host's measurement."""
     d = json.loads(json.dumps(base))
     for (sec, key), v in zip(names, x, strict=True):
-        d[sec][key] = float(v)
+        if sec == "engine_thread":
+            for k, c in (carried or {}).items():
+                d["overhead"][k] = c * float(v)
+        else:
+            d[sec][key] = float(v)
     return CalibrationProfile(**d)
 
 
-def fit(run_dirs: list[Path], base: CalibrationProfile, per_run: int = STEPS_PER_RUN) -> dict:
-    """Fitted profile data plus per-run residual statistics."""
+def fit(run_dirs: list[Path], base: CalibrationProfile, per_run: int = STEPS_PER_RUN,
+        engine_thread_from: CalibrationProfile | None = None,
+        fixed: dict[str, float] | None = None, draft_runs: list[Path] | None = None) -> dict:
+    """Fitted profile data plus per-run residual statistics. ``engine_thread_from``: a profile
+    whose engine-thread costs were measured (``provenance.measured``); where no run here
+    carries the timeline, those costs are carried over times one fitted host-speed factor."""
     try:
         import numpy as np
         from scipy.optimize import least_squares
@@ -146,51 +225,94 @@ def fit(run_dirs: list[Path], base: CalibrationProfile, per_run: int = STEPS_PER
     active = [p for p in PARAMS
               if not (p[1] in FP8_ONLY and not any(s.fp8 for s in samples))
               and not (p[1] in MOE_ONLY and not any(s.moe for s in samples))]
-    names = [(sec, key) for sec, key, _, _ in active]
     data = base.model_dump(exclude={"path"})
-    # Front-end latency is measured, not fitted: the median over requests served alone.
-    alone = sorted(x for d in run_dirs for x in alone_latencies(d))
-    latency = max(alone[len(alone) // 2], 0.0) if len(alone) >= 5 else None
-    if latency is not None:
-        data["overhead"]["request_latency_s"] = latency
-    # A launch floor of 0 has no gradient (it never binds): start it where it binds sometimes.
+    # Where runs carry the engine thread's timeline, its costs are measured, not fitted.
+    measured = measure([s.shape for s in samples if s.timeline])
+    for key, (v, _) in measured.items():
+        data["overhead"][key] = v
+    active = [p for p in active if p[1] not in measured]
+    # Values held at a measurement made by other means (e.g. the operator tables), not fitted.
+    for key, v in (fixed or {}).items():
+        sec = next((p[0] for p in PARAMS if p[1] == key), None)
+        if sec is None:
+            raise InputError(f"not a fitted value: {key}", field="fix")
+        data[sec][key] = v
+    active = [p for p in active if p[1] not in (fixed or {})]
+    carried: dict[str, float] = {}
+    if not measured and engine_thread_from is not None:
+        keys = ((engine_thread_from.model_extra or {}).get("provenance") or {}).get("measured") or {}
+        if not keys:
+            raise InputError("its engine-thread costs were not measured (no provenance.measured)",
+                             file=engine_thread_from.path, field="engine-thread-from")
+        carried = {k: getattr(engine_thread_from.overhead, k) for k in keys}
+        active = [p for p in active if p[1] not in carried] + [
+            ("engine_thread", "host_speed", 0.3, 3.0)]
+    names = [(sec, key) for sec, key, _, _ in active]
+    # A launch time of 0 has no gradient where it never binds: start it where it binds sometimes.
     start = {"gemm_roofline_p": 4.0, "eager_layer_s": 1e-3, "eager_moe_layer_s": 1e-4,
-             "prefill_step_fp8_s": 1e-3, "moe_layer_s": 1e-5}
-    x0 = [min(max(data[sec].get(key) or start.get(key, 0.7), lo + 1e-6), hi - 1e-9)
+             "prefill_step_fp8_s": 1e-3, "moe_layer_s": 1e-5, "cpu_step_s": 1e-3,
+             "piecewise_layer_s": 3e-4, "output_s": 1e-3, "cpu_seq_s": 1e-6, "output_seq_s": 1e-6}
+    x0 = [1.0 if sec == "engine_thread" else
+          min(max(data[sec].get(key) or start.get(key, 0.7), lo + 1e-6), hi - 1e-9)
           for sec, key, lo, hi in active]
     # Overheads are fitted in milliseconds/microseconds so every variable is of order one.
     unit = {"step_s": 1e-3, "prefill_step_s": 1e-3, "prefill_step_fp8_s": 1e-3, "per_seq_s": 1e-6,
-            "eager_layer_s": 1e-4, "eager_moe_layer_s": 1e-4, "moe_layer_s": 1e-5}
+            "eager_layer_s": 1e-4, "eager_moe_layer_s": 1e-4, "moe_layer_s": 1e-5,
+            "cpu_step_s": 1e-3, "cpu_seq_s": 1e-6, "piecewise_layer_s": 1e-4, "output_s": 1e-3,
+            "output_seq_s": 1e-6}
     scale = np.array([unit.get(k, 1.0) for _, k in names])
 
     # Each run weighs the same, and within a run its prefill-carrying steps weigh as much as its
-    # decode-only steps (which outnumber them 10-100x but set only TPOT, not TTFT).
+    # decode-only steps (which outnumber them 10-100x but set only TPOT, not TTFT); the calls'
+    # return times weigh as much as the device times.
     weights = []
     for s in samples:
-        has_pre = np.array([bool(pre) for _, _, pre, _ in s.steps])
+        has_pre = np.array([bool(st.prefill) for st in s.steps])
         n_pre, n_dec = has_pre.sum(), (~has_pre).sum()
         w = np.where(has_pre, 1 / math.sqrt(2 * max(n_pre, 1)), 1 / math.sqrt(2 * max(n_dec, 1)))
         weights.append(w)
 
     def resid(z):
-        cal = _with(data, names, z * scale)
-        return np.concatenate([np.asarray(s.log_errors(cal)) * w
-                               for s, w in zip(samples, weights, strict=True)])
+        cal = _with(data, names, z * scale, carried)
+        parts = []
+        for s, w in zip(samples, weights, strict=True):
+            parts += [np.asarray(e) * w for e in s.errors(cal)]
+        return np.concatenate(parts)
 
     res = least_squares(resid, np.array(x0) / scale,
                         bounds=([lo for *_, lo, _ in active] / scale, [hi for *_, hi in active] / scale),
                         loss="soft_l1", f_scale=0.05)
     fitted = res.x * scale
-    cal = _with(data, names, fitted)
+    cal = _with(data, names, fitted, carried)
+    # The draft model's per-pass launch cost, measured on speculative runs given for it.
+    draft = draft_pass_time(draft_runs or [], cal)
+    if draft is not None:
+        measured["draft_layer_pass_s"] = draft
+        cal = cal.model_copy(update={"overhead": cal.overhead.model_copy(
+            update={"draft_layer_pass_s": draft[0]})})
+    # Front-end latency is measured, not fitted: what requests served alone waited beyond the
+    # fitted engine loop.
+    latency, n_alone = front_end_latency(samples, run_dirs, cal)
+    if latency is not None:
+        cal = cal.model_copy(update={"overhead": cal.overhead.model_copy(
+            update={"request_latency_s": latency})})
     per_run = {}
     for s in samples:
-        e = sorted(abs(v) for v in s.log_errors(cal))
-        per_run[s.name] = {"steps": len(e), "median_abs_log_err": e[len(e) // 2],
-                           "p90_abs_log_err": e[int(0.9 * (len(e) - 1))]}
+        dev, call, _ = (sorted(abs(v) for v in x) for x in s.errors(cal))
+        per_run[s.name] = {"steps": len(dev), "median_abs_log_err": dev[len(dev) // 2],
+                           "p90_abs_log_err": dev[int(0.9 * (len(dev) - 1))],
+                           "call_median_abs_log_err": call[len(call) // 2]}
     params = dict(zip([k for _, k in names], fitted.tolist(), strict=True))
+    params.update({k: v for k, (v, _) in measured.items()})
+    speed = params.pop("host_speed", None)
+    params.update({k: c * speed for k, c in carried.items()} if speed is not None else {})
     if latency is not None:
         params["request_latency_s"] = latency
-    return {"profile": cal, "params": params, "alone_requests": len(alone),
+    return {"profile": cal, "params": params, "alone_requests": n_alone,
+            "measured": {k: n for k, (_, n) in measured.items()},
+            "carried": ({"from": engine_thread_from.name, "host_speed": speed, "keys": sorted(carried)}
+                        if speed is not None else None),
+            "fixed": dict(fixed or {}),
             "runs": per_run, "gpu": samples[0].gpu.name, "meta": samples[0].meta,
             "models": sorted({s.meta["model"] + (" fp8" if s.fp8 else "") for s in samples})}
 
@@ -216,6 +338,7 @@ def write_profile(result: dict, out: Path, command: str, error_band: float,
     cal: CalibrationProfile = result["profile"]
     meta = result["meta"]
     why = _comments(base) if base is not None and base.exists() else {}
+    measured = ", ".join(f"{k} = {n}" for k, n in sorted(result.get("measured", {}).items()))
     lines = [
         f"# Fitted by `simulate calibrate` on {time.strftime('%Y-%m-%d')} from step-level device times",
         "# of real vLLM runs (see [provenance]); values not in [provenance].fitted keep the defaults.",
@@ -233,12 +356,24 @@ def write_profile(result: dict, out: Path, command: str, error_band: float,
               f'torch = "{meta["torch"]}"', f'date = "{time.strftime("%Y-%m-%d")}"',
               f"models = {json.dumps(result['models'])}",
               f"fitted = {json.dumps(sorted(result['params']))}",
+              "# measured, not fitted: engine-thread costs from runs that carry its timeline "
+              "(calls measured)",
+              f"measured = {{ {measured} }}",
+              *([f"fixed = {{ {', '.join(f'{k} = {v:g}' for k, v in sorted(result['fixed'].items()))} }}"
+                 "  # held at a measurement made by other means (see command)"]
+                if result.get("fixed") else []),
+              *([f"# engine-thread costs carried from {c['from']} (measured there) x a fitted host "
+                 f"speed factor", f"engine_thread_from = {json.dumps(c['from'])}",
+                 f"host_speed = {c['host_speed']:.4g}"] if (c := result.get("carried")) else []),
               f"max_tensor_parallel_size = {meta['engine_args'].get('tensor_parallel_size') or 1}",
               f"max_model_len = {meta['engine_args']['max_model_len']}",
-              f"command = {json.dumps(command)}", "\n[provenance.fit_residuals]  # |log(sim/meas)| per step"]
+              f"command = {json.dumps(command)}",
+              "\n[provenance.fit_residuals]  # |log(sim/meas)| per step: device time; "
+              "call_median: the engine call's return"]
     for run, r in sorted(result["runs"].items()):
         lines.append(f'"{run}" = {{ steps = {r["steps"]}, median = {r["median_abs_log_err"]:.4f}, '
-                     f'p90 = {r["p90_abs_log_err"]:.4f} }}')
+                     f'p90 = {r["p90_abs_log_err"]:.4f}, '
+                     f'call_median = {r["call_median_abs_log_err"]:.4f} }}')
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     load_profile(out)  # what we write must read back

@@ -318,6 +318,15 @@ def calibrate(
     output: Annotated[Path | None, typer.Option(help="default: profiles/calibration/<gpu>/"
                                                      "vllm-<version>.toml")] = None,
     error_band: Annotated[float, typer.Option(help="stated uncertainty to record")] = 0.2,
+    engine_thread_from: Annotated[Path | None, typer.Option(
+        help="a profile whose engine-thread costs were measured from timeline runs: used, "
+             "times one fitted host-speed factor, when these runs carry no timeline")] = None,
+    fix: Annotated[list[str] | None, typer.Option(
+        help="KEY=VALUE: hold a fitted value at a measurement made by other means "
+             "(repeatable)")] = None,
+    draft_runs: Annotated[str | None, typer.Option(
+        help="measure the draft model's per-pass cost on the runs (among RUNS, held out or "
+             "not) whose path contains this")] = None,
 ) -> None:
     """Fit efficiency factors and step overheads to measured vLLM steps; write a profile."""
     from simulator.calibrate import fit, output_for, write_profile
@@ -333,7 +342,17 @@ def calibrate(
         # beyond the fitted factors (hand-measured values and their reasons) carries over.
         path = output or output_for(dirs[0])
         base = path if path.exists() else profiles_dir() / "calibration" / "defaults.toml"
-        result = fit(dirs, load_profile(base))
+        src = load_profile(engine_thread_from) if engine_thread_from is not None else None
+        fixed = {}
+        for item in fix or []:
+            key, _, value = item.partition("=")
+            try:
+                fixed[key.strip()] = float(value)
+            except ValueError:
+                raise InputError(f"expected KEY=NUMBER, got {item!r}", field="fix") from None
+        drafts = [d for d in find_runs(runs) if draft_runs and draft_runs in str(d)]
+        result = fit(dirs, load_profile(base), engine_thread_from=src, fixed=fixed,
+                     draft_runs=drafts)
         write_profile(result, path, "simulate calibrate " + " ".join(sys.argv[2:]), error_band,
                       base=base)
     except InputError as e:

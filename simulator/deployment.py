@@ -7,6 +7,7 @@ profiling run's activations, and the max model length.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from simulator.config import SimulationConfig
@@ -19,6 +20,8 @@ from simulator.gpu import GIB, GPUSpec, get_gpu, parse_deployment
 from simulator.model import ModelSpec, load_model
 
 VLLM_DEFAULTS_SRC = "vLLM EngineArgs.get_batch_defaults (OpenAI server usage context)"
+# vLLM 0.25 turns async scheduling off for these speculative methods (VllmConfig.__post_init__).
+SYNC_SPEC_METHODS = ("ngram", "draft_model")
 
 
 @dataclass
@@ -56,8 +59,7 @@ class Deployment:
     def async_scheduling(self) -> bool:
         """vLLM 0.25 turns async scheduling off for draft-model and n-gram speculation
         (``VllmConfig.__post_init__``); EAGLE/MTP keep it."""
-        sp = self.roofline.spec
-        return sp is None or sp.method not in ("ngram", "draft_model")
+        return self.roofline.async_sched
 
     @property
     def kv_capacity_tokens(self) -> int:
@@ -227,6 +229,7 @@ def resolve(cfg: SimulationConfig) -> Deployment:
         if rf.spec is not None:
             rf.q = rf.spec.k + 1
         rf.graph_max_tokens = graphs(rf.q)
+        rf.async_sched = rf.spec is None or rf.spec.method not in SYNC_SPEC_METHODS
         act = _activation_reserve(model, tp, tokens, seqs, prec.act_bytes,
                                   cal.memory.moe_routed_bytes)
         # Each pipeline stage holds its share of the layers (the largest share: ceil).
@@ -348,3 +351,13 @@ def _disaggregation(cfg: SimulationConfig, gpu: GPUSpec, replicas: int, cal: Cal
                                f"{cal.efficiency.comm_bus} (same node; --kv-transfer-gbs for "
                                "RDMA across nodes)")
     return p, link / 2 * 1e9 * cal.efficiency.comm_bus
+
+
+def with_calibration(dep: Deployment, cal: CalibrationProfile) -> Deployment:
+    """The same deployment costed under another calibration profile (calibrate's candidates):
+    a fresh roofline with the resolved graph limit, scheduling mode, speculation and stages."""
+    old = dep.roofline
+    rf = Roofline(dep.model, dep.gpu, dep.tp, dep.precision, cal)
+    rf.pp, rf.spec, rf.q = old.pp, old.spec, old.q
+    rf.graph_max_tokens, rf.async_sched = old.graph_max_tokens, old.async_sched
+    return dataclasses.replace(dep, calibration=cal, roofline=rf)

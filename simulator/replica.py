@@ -1,16 +1,21 @@
-"""One vLLM engine replica as a simpy process: it plans steps, waits their roofline time, applies them.
+"""One vLLM engine replica as a simpy process: it plans steps, places them on the engine's CPU
+and GPU timelines, applies them.
 
 A general step (any prefill, admission or preemption) is one event. When only decodes remain,
 the replica advances a whole run of steps, up to the next completion, KV exhaustion or arrival,
 in one event whose duration is the closed-form sum of
 :class:`~simulator.cost.decode_run.DecodeRun`.
 
-vLLM (0.25, async scheduling on by default) forms batch k+1 while batch k runs, so a request
-that arrives after batch k started can join batch k+2 at the earliest; only an engine with
-nothing running schedules it at once. The replica keeps arrivals in ``arrivals`` and lets the
-scheduler see one only at the first step boundary whose finished step started after it arrived
-(measured on H100/H200: this one-step lag is most of light-load TTFT beyond the prefill itself).
-A run always ends on the step boundary where the scheduler would first see a new request:
+Timing follows vLLM's engine loop (:mod:`simulator.engine_loop`): the engine thread forms and
+launches batch k+1 while the GPU runs batch k, and emits batch k's tokens once batch k+1 is
+launched. The replica's clock is the GPU's; ``cpu_free`` is when the engine thread starts its
+next call, and the step that just ended stays ``pending`` until the next launch says when its
+tokens (first tokens, completions, inter-token gaps) reach the client. A batch is formed at its
+call's start, so a request that arrives while batch k runs joins batch k+2 at the earliest
+(k+1 when batch k is a launch-bound eager step); only an engine with nothing running schedules
+it at once. The replica keeps arrivals in ``arrivals`` and lets the scheduler see one only when
+a call starts after it. A run always ends on the step boundary where the scheduler would first
+see a new request:
 
 - pre-routed arrivals (routers whose choice does not depend on load, e.g. round-robin) are
   known to the replica in advance, so it cuts the run there itself, with no extra event;
@@ -21,14 +26,28 @@ A run always ends on the step boundary where the scheduler would first see a new
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass, field
 
 import simpy
 
 from simulator.cost.roofline import Roofline
+from simulator.engine_loop import place
 from simulator.metrics import LogHistogram, ReplicaStats
 from simulator.prefix_cache import PrefixCache
 from simulator.request import Request
 from simulator.schedule import Scheduler
+
+
+@dataclass(slots=True)
+class Pending:
+    """A step that ended on the GPU at ``end`` and whose tokens are not emitted yet: requests
+    stamped there (first tokens, completions), decode tokens to count as gaps, and the engine
+    thread's time to harvest the batch."""
+
+    end: float
+    out_s: float
+    n_gaps: int = 0
+    stamped: list[Request] = field(default_factory=list)
 
 
 class Replica:
@@ -57,10 +76,15 @@ class Replica:
             r.replica = index
         # Arrived (or pre-routed) requests the scheduler cannot see yet, in arrival order.
         self.arrivals: deque[Request] = self.incoming if self.incoming is not None else deque()
-        self.last_start = 0.0  # start of the step that ended at the current boundary
-        # vLLM's async scheduling forms batch k+1 while batch k runs: an arrival during batch k
-        # waits for batch k+2. Without it (draft-model and n-gram speculation) it joins k+1.
+        # vLLM's async scheduling forms batch k+1 while batch k runs; without it (draft-model
+        # and n-gram speculation) the engine thread's costs sit between steps.
         self.async_sched = async_scheduling
+        # The engine thread (simulator.engine_loop): when its next call starts, the step whose
+        # tokens wait for it, when tokens last went out, and whether a batch is in flight.
+        self.cpu_free = 0.0
+        self.pending: Pending | None = None
+        self.last_emit = 0.0
+        self.restart = True  # the engine idles: the next call starts when a request comes
         self.proc = env.process(self._run())
 
     # --- called by a live router ---------------------------------------------------------------
@@ -91,8 +115,8 @@ class Replica:
             # Nothing running: every arrival so far is scheduled now (a live router's requests
             # have all arrived; their float arrival may exceed env.now by an ulp).
             cutoff = now if self.incoming is not None else float("inf")
-        else:
-            cutoff = min(self.last_start, now) if self.async_sched else now
+        else:  # the next batch is formed when the engine thread's next call starts
+            cutoff = min(self.cpu_free, now) if self.async_sched else now
         while a and a[0].arrival <= cutoff:
             r = a.popleft()
             s.waiting.append(r)
@@ -101,14 +125,59 @@ class Replica:
 
     def _visible_after(self, run, t: float, arrival: float, m: int) -> int:
         """Steps of a run starting at ``t`` after which a request arriving at ``arrival`` is
-        visible: through the first step that starts at or after the arrival (async
-        scheduling), or through the step it arrives in (synchronous)."""
+        visible. Async: the call launching step i+1 starts once step i-1's tokens are out,
+        ``out`` after step i starts, so through the first step that starts at or after
+        ``arrival - out``. Synchronous: through the step it arrives in."""
+        if self.async_sched:
+            arrival -= run.out
         if arrival <= t:
             return min(1, m)
         k = run.steps_done_by(arrival - t, m)
         if run.duration(k) < arrival - t:
             k += 1
         return min(k + 1, m) if self.async_sched else min(max(k, 1), m)
+
+    # --- the engine thread (simulator.engine_loop) ----------------------------------------------
+    def _emit(self, t: float) -> None:
+        """The pending step's tokens reach the client at ``t``."""
+        p = self.pending
+        for r in p.stamped:
+            if r.first_token_t == p.end:
+                r.first_token_t = t
+            if r.finish_t == p.end:
+                r.finish_t = t
+                self.stats.occupancy_integral += t - p.end  # in the system until it is out
+        if p.n_gaps:
+            self.itl.add(t - self.last_emit, p.n_gaps)
+        self.last_emit = t
+        self.pending = None
+
+    def _launch(self, now: float, cost) -> float:
+        """Place the next step (GPU free at ``now``); emit the pending step's tokens once it is
+        launched; return the step's end."""
+        p = self.pending
+        call = now if self.restart else self.cpu_free  # after idling, the arrival starts it
+        self.restart = False
+        out = p.out_s if p is not None else self.rf.output_time(0)
+        pl = place(now, call, cost, out, in_flight=p is not None, async_sched=self.async_sched)
+        if self.async_sched:
+            if p is not None:
+                self._emit(pl.prev_emit)
+            self.cpu_free = pl.next_call
+        return pl.end
+
+    def _ended(self, end: float, out_s: float, n_gaps: int, stamped: list[Request]) -> None:
+        """A step ended at ``end``: async, its tokens wait for the next launch; synchronous,
+        they go out once harvested, and the next call starts then."""
+        self.pending = Pending(end, out_s, n_gaps, stamped)
+        if not self.async_sched:
+            self._emit(end + out_s)
+            self.cpu_free = end + out_s
+
+    def _drain(self, now: float) -> None:
+        """Nothing left to launch: the engine thread's next call harvests the last batch."""
+        if self.pending is not None:
+            self._emit(max(self.cpu_free, now) + self.pending.out_s)
 
     # --- callbacks from the scheduler ----------------------------------------------------------
     def _on_token(self, r: Request, now: float) -> None:
@@ -134,6 +203,8 @@ class Replica:
             if now >= self.next_sample:
                 self._sample(now)
             if not s.busy():
+                self._drain(now)
+                self.restart = True
                 if inc:
                     yield env.timeout(inc[0].arrival - now)
                     continue
@@ -156,10 +227,10 @@ class Replica:
                 prefills = [(n, r.computed) for r, n in step.chunks]
                 cost = rf.step(step.n_decode, step.decode_ctx, prefills,
                                step.n_decode + len(prefills))
-                self.last_start = now
+                dur = self._launch(now, cost) - now
                 occupancy = s.running + len(s.waiting)
-                yield env.timeout(cost.time_s)
-                self._finish_general(step, cost, len(prefills), used0, peak, occupancy)
+                yield env.timeout(dur)
+                self._finish_general(step, cost, dur, len(prefills), used0, peak, occupancy)
                 continue
             if inc is not None:
                 # Pre-routed: nothing outside this replica reads its state, so every decode run
@@ -167,8 +238,7 @@ class Replica:
                 yield env.timeout(self._decode_chain(now, m))
                 continue
             # Live routing: one run, up to m steps; an admissible arrival cuts it short.
-            batch = len(s.decoding)
-            run = rf.decode_run(batch, s.ctx_sum, s.rate_sum)
+            run = self._start_run(now)
             if self.arrivals and not s.waiting:
                 m = self._visible_after(run, now, self.arrivals[0].arrival, m)
             dur = run.duration(m)
@@ -182,14 +252,30 @@ class Replica:
             self.interruptible = False
             self._apply_run(run, m, dur, env.now, used0)
 
+    def _start_run(self, now: float):
+        """A decode run from ``now``: its first step waits for the engine thread's launch
+        (a lead), which also emits the pending step's tokens."""
+        s = self.sched
+        run = self.rf.decode_run(len(s.decoding), s.ctx_sum, s.rate_sum)
+        p, f = self.pending, run.first
+        if (self.async_sched and p is not None and not self.restart
+                and self.cpu_free + f.cpu_s + f.launch_s <= now):
+            # The usual case, engine_loop.place's outcome without building it: the launch was
+            # done before the GPU freed, so no lead, and the pending tokens go out now.
+            self._emit(now + p.out_s)
+            self.cpu_free = now + p.out_s
+            return run
+        run.lead = max(self._launch(now, run.first_step()) - now - run.step_time(0), 0.0)
+        return run
+
     def _decode_chain(self, now: float, m: int) -> float:
         """Apply decode runs back to back until the next arrival, a preemption or an admission
         becomes possible; return their total duration. Completions are stamped at their step."""
-        s, rf, inc = self.sched, self.rf, self.incoming
+        s, inc = self.sched, self.incoming
         t = now
         while True:
             used0 = s.kv.used
-            run = rf.decode_run(len(s.decoding), s.ctx_sum, s.rate_sum)
+            run = self._start_run(t)
             dur = run.duration(m)
             cut = bool(inc) and not s.waiting and t + dur > inc[0].arrival
             if cut:
@@ -205,20 +291,45 @@ class Replica:
                 return t - now
 
     def _apply_run(self, run, m: int, dur: float, end: float, used0: int) -> None:
-        self.last_start = end - run.step_time(m - 1)
-        self.itl.add_range(run.step_time(0), run.step_time(m - 1), run.batch * m, dur / m)
+        """Apply ``m`` decode steps ending at ``end``. Inside the run each step's tokens go out
+        ``out`` after it ends (its successor's launch is hidden), so their gaps are the step
+        times; the last step's tokens wait for the next launch."""
         s = self.sched
-        occupancy = run.batch + len(s.waiting)
+        b = run.batch
+        if m > 1:
+            first, last = run.step_time(0), run.step_time(m - 1)
+            gap0 = end - dur + first + run.out - self.last_emit  # step 0's tokens' gap
+            if not self.async_sched or abs(gap0 - first) <= 1e-12 * first:
+                # Step 0's gap is its step time (synchronous, or nothing delayed the tokens
+                # before it): one range over steps 0..m-2.
+                self.itl.add_range(first, run.step_time(m - 2), b * (m - 1),
+                                   (dur - last) / (m - 1))
+            else:
+                self.itl.add(gap0, b)
+                if m > 2:
+                    self.itl.add_range(run.step_time(1), run.step_time(m - 2), b * (m - 2),
+                                       (dur - first - last) / (m - 2))
+            self.last_emit = end - last + run.out
+        occupancy = b + len(s.waiting)
+        n0 = len(self.done)
         peak = s.advance_decode(m, end, self.done.append)
-        self.stats.add(dur, m, run.batch * m, run.flops(m), run.hbm_bytes(m), used0, s.kv.used,
+        if self.async_sched:
+            # The next call starts once step m-2's tokens are out: out after step m-1 began
+            # on the GPU, or after its launch when the engine thread is the bottleneck.
+            self.cpu_free = end - run.gpu_time(m - 1) + run.out
+        self._ended(end, run.out, b, self.done[n0:])
+        self.stats.add(dur, m, b * m, run.flops(m), run.hbm_bytes(m), used0, s.kv.used,
                        peak, s.kv.total, occupancy)
 
-    def _finish_general(self, step, cost, n_prefills: int, used0: int, peak: int,
+    def _finish_general(self, step, cost, dur: float, n_prefills: int, used0: int, peak: int,
                         occupancy: int) -> None:
         s = self.sched
-        if step.n_decode:
-            self.itl.add(cost.time_s, step.n_decode)
+        now = self.env.now
         self.stats.prefill_tokens += sum(n for _, n in step.chunks)
-        s.finish_step(step, self.env.now, self._on_token, self.done.append)
-        self.stats.add(cost.time_s, 1, step.n_decode + n_prefills, cost.flops, cost.hbm_bytes,
+        n0 = len(self.done)
+        s.finish_step(step, now, self._on_token, self.done.append)
+        firsts = [r for r, _ in step.chunks if r.first_token_t == now]
+        self._ended(now, self.rf.output_time(step.n_decode + n_prefills), step.n_decode,
+                    firsts + self.done[n0:])
+        self.stats.add(dur, 1, step.n_decode + n_prefills, cost.flops, cost.hbm_bytes,
                        used0, s.kv.used, peak, s.kv.total, occupancy)

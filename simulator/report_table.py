@@ -83,15 +83,19 @@ def explain_table(dep, rows: list[OpCost], n_dec: int, ctx: int, chunks) -> Tabl
               f"{sum(r.hbm_bytes for r in rows) / 1e6:,.2f}", "", "", "",
               f"{total * 1e6:,.1f}", "100%")
     o, rf = cal.overhead, dep.roofline
-    floor = (f"at least {rf.layers} layers x {o.eager_layer_s * 1e3:.2f} ms"
+    floor = (f"launched in {rf.layers} layers x {o.eager_layer_s * 1e3:.2f} ms"
              + (f" + {rf.moe_layers} MoE layers x {o.eager_moe_layer_s * 1e3:.2f} ms"
-                if rf.moe_layers else "") + " of kernel launches")
+                if rf.moe_layers else "") + " by the engine thread")
     graphs = ("no CUDA graphs (--enforce-eager): every step runs eagerly, " + floor
               if rf.graph_max_tokens == 0 else
               f"CUDA graphs up to {rf.graph_max_tokens:,.0f} tokens; larger steps run eagerly, "
               + floor)
-    t.caption = (f"{graphs}. Every request also waits {o.request_latency_s * 1e3:.1f} ms outside "
-                 "the steps (admission, output processing).")
+    mode = ("overlaps the GPU (async scheduling): a step's tokens go out once the next step is "
+            "launched" if rf.async_sched else "sits between steps (no async scheduling)")
+    t.caption = (f"{graphs}. The engine thread (prepare {o.cpu_step_s * 1e3:.2f} ms + "
+                 f"{o.cpu_seq_s * 1e6:.0f} us/seq, harvest {o.output_s * 1e3:.2f} ms + "
+                 f"{o.output_seq_s * 1e6:.0f} us/seq) {mode}. Every request also waits "
+                 f"{o.request_latency_s * 1e3:.1f} ms outside the engine loop.")
     t.caption_justify = "left"
     return t
 

@@ -32,6 +32,13 @@ nontorch_gib = 0.0
 """
 
 
+def unit_cal_with(path: Path, **overhead: float) -> str:
+    """UNIT_CAL with extra [overhead] values, written to ``path``."""
+    extra = "".join(f"\n{k} = {v}" for k, v in overhead.items())
+    path.write_text(UNIT_CAL.replace("comm_latency_s = 0.0", "comm_latency_s = 0.0" + extra))
+    return str(path)
+
+
 @pytest.fixture
 def unit_cal(tmp_path: Path) -> str:
     p = tmp_path / "unit.toml"

@@ -10,6 +10,7 @@ import pytest
 
 from simulator.config import SimulationConfig
 from simulator.deployment import resolve
+from simulator.engine_loop import place
 from simulator.errors import InputError
 from simulator.request import Request
 from simulator.run import run_simulation
@@ -23,12 +24,20 @@ def test_one_request_pays_prefill_transfer_and_the_last_prompt_token():
     n = 3000
     r = Request("a", 0.0, n, 50)
     s = run_simulation(cfg, [r]).summary
-    prefill = rf.step(0, 0, [(n, 0)], 1).time_s
+    # The prefill replica, idle, launches the prompt at its arrival; its KV ships once the step
+    # ends on the GPU. The decode replica, idle too, computes the last prompt token, and that
+    # token goes out once the engine thread has launched the first decode step after it.
+    idle = rf.output_time(0)
+    prefill = place(0.0, 0.0, rf.step(0, 0, [(n, 0)], 1), idle, in_flight=False).end
     transfer = n * dep.kv_bytes_per_token / dep.kv_transfer_bytes_per_s + 0.001
-    last = rf.step(0, 0, [(1, n - 1)], 1).time_s
-    front_end = dep.calibration.overhead.request_latency_s  # admission + output processing
+    there = prefill + transfer
+    last = place(there, there, rf.step(0, 0, [(1, n - 1)], 1), idle, in_flight=False)
+    first_decode = rf.decode_run(1, float(n)).first_step()
+    out = place(last.end, last.next_call, first_decode, rf.output_time(1), in_flight=True)
+    front_end = dep.calibration.overhead.request_latency_s  # outside the engine loop
     assert front_end > 0
-    assert r.ttft == pytest.approx(prefill + transfer + last + front_end, rel=1e-9)
+    assert r.ttft == pytest.approx(out.prev_emit + front_end, rel=1e-9)
+    assert out.prev_emit > there + rf.step(0, 0, [(1, n - 1)], 1).time_s  # the loop's share
     assert s["disaggregation"]["kv_transfer_s"]["mean"] == pytest.approx(transfer)
     assert s["prefill_tokens"] == n + 1  # the whole prompt there, its last token again here
     assert dep.kv_transfer_bytes_per_s == pytest.approx(900 / 2 * 1e9 * dep.calibration

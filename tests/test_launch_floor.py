@@ -1,5 +1,5 @@
-"""CUDA graphs and their limit, the eager launch floor, the soft GEMM roofline, the front-end
-latency and the MoE start-up reserve: each against a hand computation."""
+"""CUDA graphs and their limit, eager launches, the soft GEMM roofline, the front-end latency
+and the MoE start-up reserve: each against a hand computation."""
 
 from __future__ import annotations
 
@@ -14,19 +14,15 @@ from simulator.paths import profiles_dir
 from simulator.request import Request
 from simulator.run import run_simulation
 from simulator.validate import load_run
-from tests.conftest import UNIT_CAL
+from tests.conftest import unit_cal_with
 
 EAGER, EAGER_MOE, PIECEWISE, LATENCY = 0.001, 0.0005, 0.002, 0.004
 
 
 @pytest.fixture
 def cal(tmp_path):
-    p = tmp_path / "floor.toml"
-    p.write_text(UNIT_CAL.replace(
-        "comm_latency_s = 0.0",
-        f"comm_latency_s = 0.0\neager_layer_s = {EAGER}\neager_moe_layer_s = {EAGER_MOE}\n"
-        f"prefill_step_s = {PIECEWISE}\nrequest_latency_s = {LATENCY}"))
-    return str(p)
+    return unit_cal_with(tmp_path / "floor.toml", eager_layer_s=EAGER, eager_moe_layer_s=EAGER_MOE,
+                         prefill_step_s=PIECEWISE, request_latency_s=LATENCY)
 
 
 def _dep(cal, model="llama-3.1-8b", **engine):
@@ -42,33 +38,41 @@ def test_capture_size_follows_vllms_rule_and_flags(cal):
     assert _dep(cal, enforce_eager=True).roofline.graph_max_tokens == 0
 
 
-def test_a_step_above_the_largest_graph_lasts_at_least_its_launch_floor(cal):
+def test_a_step_above_the_largest_graph_is_launched_eagerly(cal):
     rf = _dep(cal).roofline
-    floor = 32 * EAGER  # Llama-3.1-8B: 32 layers, no MoE layer
-    assert rf.eager_floor(512) == 0 and rf.eager_floor(513) == pytest.approx(floor)
+    launch = 32 * EAGER  # Llama-3.1-8B: 32 layers, no MoE layer
+    assert rf.launch_time(512, True) == 0 and rf.launch_time(513, True) == pytest.approx(launch)
+    c513 = rf.step(0, 0.0, [(513, 0)], 1)
+    assert c513.launch_s == pytest.approx(launch) and c513.cpu_s == 0
     gpu = rf._sum(rf.layer_ops(513) + rf.step_ops(0, 0.0, [(513, 0)], 1))[0]
-    assert gpu < floor  # at 100% efficiency 513 tokens take ~11 ms < 32 ms of launches
-    # Eager: max(GPU, floor) + the CPU step cost, and no piecewise-graph extra.
-    assert rf.step(0, 0.0, [(513, 0)], 1).time_s == pytest.approx(floor + 0.001)
-    # At 512 tokens a piecewise graph runs it: GPU + CPU + the piecewise extra.
+    assert gpu < launch  # at 100% efficiency 513 tokens take ~11 ms < 32 ms of launches
+    # Eager: the GPU work plus the fixed GPU step cost, and no piecewise-graph extra ...
+    assert c513.time_s == pytest.approx(gpu + 0.001)
+    # ... at 512 tokens a piecewise graph runs it, with its extra.
     gpu512 = rf._sum(rf.layer_ops(512) + rf.step_ops(0, 0.0, [(512, 0)], 1))[0]
-    assert rf.step(0, 0.0, [(512, 0)], 1).time_s == pytest.approx(gpu512 + 0.001 + PIECEWISE)
-    # The explain table shows the exposed part of the floor as its own row.
+    c512 = rf.step(0, 0.0, [(512, 0)], 1)
+    assert c512.time_s == pytest.approx(gpu512 + 0.001 + PIECEWISE) and c512.launch_s == 0
+    # Served alone, the launch-bound prefill ends with its launch (kernels run as launched).
+    r = Request("a", 0.0, 513, 1)
+    run_simulation(SimulationConfig(gpu="h100", calibration=cal), [r])
+    assert r.ttft == pytest.approx(launch + LATENCY, rel=1e-9)
+    # The explain table shows the engine thread's time the GPU work does not hide.
     rows = {r.name: r.time_s for r in rf.explain(0, 0.0, [(513, 0)], 1)}
-    assert rows["eager_launch(cpu, exposed)"] == pytest.approx(floor - gpu)
-    assert sum(rows.values()) == pytest.approx(floor + 0.001)
+    assert rows["engine_thread(cpu, exposed)"] == pytest.approx(launch - gpu - 0.001)
+    assert sum(rows.values()) == pytest.approx(launch)
     moe = _dep(cal, model="qwen3-30b-a3b").roofline
-    assert moe.eager_floor(600) == pytest.approx(48 * EAGER + 48 * EAGER_MOE)
+    assert moe.launch_time(600, False) == pytest.approx(48 * EAGER + 48 * EAGER_MOE)
 
 
-def test_decode_run_closed_form_keeps_the_floor(cal):
-    """With --enforce-eager every decode step is floored until attention outgrows the floor;
-    the closed form over a run equals the sum of single steps."""
+def test_decode_run_closed_form_keeps_the_eager_launch(cal):
+    """With --enforce-eager every decode step is launched eagerly and lasts at least that,
+    until attention outgrows it; the closed form over a run equals the sum of single steps."""
     rf = _dep(cal, enforce_eager=True).roofline
     batch, ctx0 = 256, 256 * 2500.0
     run = rf.decode_run(batch, ctx0)
-    steps = [rf.step(batch, ctx0 + batch * i, [], batch).time_s for i in range(400)]
-    assert steps[0] == pytest.approx(32 * EAGER + 0.001)  # floor-bound at first
+    steps = [max(rf.step(batch, ctx0 + batch * i, [], batch).time_s,
+                 rf.cpu_cycle(batch, batch, False)) for i in range(400)]
+    assert steps[0] == pytest.approx(32 * EAGER)  # launch-bound at first
     assert steps[-1] > steps[0] * 1.02  # attention over ~100k more tokens outgrows it
     for m in (1, 37, 150, 400):
         assert run.duration(m) == pytest.approx(sum(steps[:m]), rel=1e-9)

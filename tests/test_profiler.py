@@ -48,6 +48,16 @@ def test_replay_records_every_request_and_step(tmp_path):
     assert decoded == sum(r["output_tokens"] - 1 for r in rows)
     assert max(s["n_decode"] + len(s["prefill"]) for s in steps) <= 16
     assert max(sum(n for n, _ in s["prefill"]) + s["n_decode"] for s in steps) <= 512
+    # The engine thread's timeline per batch: scheduled, then launched, within its own call;
+    # harvested (update_from_output) after its launch, by its own call (synchronous, as the
+    # CPU backend runs) or the next one (async scheduling).
+    ran = [s for s in steps if s["n_decode"] or s["prefill"]]
+    assert ran and all(s["start_s"] <= s["scheduled_s"] <= s["launched_s"] <= s["end_s"]
+                       for s in ran)
+    for s, nxt in zip(steps, steps[1:] + [None], strict=True):
+        if s in ran:
+            assert s["launched_s"] <= s["harvest_s"] <= s["updated_s"]
+            assert s["updated_s"] <= (nxt or s)["end_s"]
     meta = json.loads((out / "meta.json").read_text())
     assert meta["model"].endswith("tiny-llama.json") and meta["num_gpu_blocks"] > 0
     # The warm-up grid ran (one prompt per step-size class up to the batch budget) and none of

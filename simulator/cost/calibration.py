@@ -35,6 +35,10 @@ class Efficiency(BaseModel):
     # profiles/calibration/operators show 0.5 vs 0.8 at one token). None: gemm_memory.
     gemm_memory_fp8: float | None = Field(default=None, gt=0, le=1)
     moe_gemm: float | None = Field(default=None, gt=0, le=1)
+    # Decode attention in a step that also holds prefill: vLLM runs the whole batch through one
+    # varlen attention kernel (FlashAttention's prefill path), whose KV reads for single-query
+    # sequences are slower than the decode kernel's. Fitted on mixed steps; None: as decode.
+    attn_mixed_decode_memory: float | None = Field(default=None, gt=0, le=1)
     # Sharpness of the GEMM roofline: op time = p-norm of (compute time, memory time); None is
     # the hard max. Fitted: kernels near the ridge point are slower than either bound alone.
     gemm_roofline_p: float | None = Field(default=None, ge=1)
@@ -45,34 +49,54 @@ class Efficiency(BaseModel):
 
 
 class Overhead(BaseModel):
+    """Fixed costs of an engine step, on the two timelines of vLLM's engine loop
+    (:mod:`simulator.engine_loop`): GPU time beyond the roofline's operators, and CPU time of
+    the engine-core thread, which schedules and launches batch k+1 while the GPU runs batch k
+    and emits batch k's tokens only after that launch."""
+
     model_config = ConfigDict(extra="forbid")
+    # --- GPU timeline: added to every step's device time ---------------------------------------
+    # Per step and per sequence beyond the operators: sampling, input copies, gaps inside the
+    # graph replay; fitted to the device time of decode steps whose launch the GPU never waits for.
     step_s: float = Field(ge=0)
     per_seq_s: float = Field(ge=0)
     comm_latency_s: float = Field(ge=0)
-    # Extra cost of a step that holds any prefill and fits a captured CUDA graph: vLLM runs such
-    # mixed batches with piecewise graphs (attention launched eagerly, layer by layer) instead
-    # of one full graph.
+    # Extra device time of a step that holds prefill and fits a captured CUDA graph (vLLM runs
+    # such mixed batches as piecewise graphs with attention between the pieces) ...
     prefill_step_s: float = Field(default=0.0, ge=0)
-    # ... and its extra under FP8 W8A8 (the per-token activation quantisation kernels run in the
-    # pieces between the eagerly launched attentions).
+    # ... and its extra under FP8 W8A8 (per-token activation quantisation in the pieces).
     prefill_step_fp8_s: float = Field(default=0.0, ge=0)
-    # A step larger than the biggest captured graph runs eagerly: the host launches every kernel
-    # of every layer (Python, Triton launchers), and the GPU cannot finish before the last
-    # launch. Per layer; the step lasts at least layers x this.
-    eager_layer_s: float = Field(default=0.0, ge=0)
-    # ... plus this per MoE layer (router, top-k, permutation and grouped-GEMM launches).
-    eager_moe_layer_s: float = Field(default=0.0, ge=0)
     # Fixed GPU time of every MoE layer in every step, graphs or not: routing, top-k, token
     # alignment and permutation kernels, latency-bound at small batches.
     moe_layer_s: float = Field(default=0.0, ge=0)
-    # Per request, outside the engine's steps: admission (request processing before the first
-    # schedule) plus output processing until the token reaches the client. Shifts first-token
-    # and finish times, not the engine. Measured by `simulate calibrate` on requests served
-    # alone: median of TTFT - the device time of their prefill step.
-    request_latency_s: float = Field(default=0.0, ge=0)
     # Speculative decoding: fixed cost per draft layer per draft pass (vLLM runs a draft
     # model's k passes layer by layer, launch-bound at small batch).
     draft_layer_pass_s: float = Field(default=0.0, ge=0)
+    # --- CPU timeline: the engine-core thread ----------------------------------------------------
+    # From an engine call's start until a full-graph (decode) step is launched: scheduling,
+    # input preparation, the graph replay and the sampler's launch; per call and per
+    # scheduled sequence.
+    cpu_step_s: float = Field(default=0.0, ge=0)
+    cpu_seq_s: float = Field(default=0.0, ge=0)
+    # ... of which the sampler's launch, after the graph replay: the GPU can start before it.
+    sample_launch_s: float = Field(default=0.0, ge=0)
+    # Launching a piecewise-graph step (prefill within the capture size): per layer, the
+    # attention kernels launched between the graph pieces.
+    piecewise_layer_s: float = Field(default=0.0, ge=0)
+    # Launching a step larger than the biggest captured graph, which runs eagerly: per layer,
+    # every kernel launched from Python; plus this per MoE layer (router, top-k, permutation
+    # and grouped-GEMM launches). The GPU cannot finish the step before its last launch.
+    eager_layer_s: float = Field(default=0.0, ge=0)
+    eager_moe_layer_s: float = Field(default=0.0, ge=0)
+    # Harvesting a finished batch and emitting its tokens (waiting on its output copy,
+    # update_from_output, the engine loop's turn): per call and per sequence in the batch.
+    output_s: float = Field(default=0.0, ge=0)
+    output_seq_s: float = Field(default=0.0, ge=0)
+    # --- outside the engine ----------------------------------------------------------------------
+    # Per request, outside the engine loop (a server's API front end; the profiler's own
+    # bookkeeping): shifts first-token and finish times, not the engine. Measured by `simulate
+    # calibrate` on requests served alone: median of measured TTFT minus the simulated one.
+    request_latency_s: float = Field(default=0.0, ge=0)
 
 
 class MemoryModel(BaseModel):

@@ -20,19 +20,21 @@ class DecodeRun:
     """``m`` consecutive decode-only steps of a fixed batch, summed in closed form.
 
     Step ``i`` (from 0) reads ``ctx0 + B*(i+1)`` KV tokens per layer, so its attention costs
-    ``L * max(a1 + b1*i, a2 + b2*i)``; everything else is the constant ``K(B)``. A batch larger
-    than the biggest captured CUDA graph runs eagerly and lasts at least its launch floor: step
-    ``i`` takes ``K + max(L * att(i), spare)``, where ``spare`` is the floor less the constant
-    GPU work. Attention only grows, so the floor binds for a leading block of steps.
+    ``L * max(a1 + b1*i, a2 + b2*i)``; everything else is the constant ``K(B)``. Each step lasts
+    at least the engine thread's share (:mod:`simulator.engine_loop`: with async scheduling its
+    whole cycle of harvest, preparation and launch; without, an eager launch): step ``i`` takes
+    ``K + max(L * att(i), spare)``, where ``spare`` is that floor less the constant part.
+    Attention only grows, so the floor binds for a leading block of steps. ``lead`` delays the
+    first step when the engine thread was still busy with the step before the run.
     """
 
     __slots__ = ("batch", "k_time", "k_flops", "k_bytes", "a1", "b1", "a2", "b2", "L",
-                 "f0", "f1", "by0", "by1", "a", "b", "spare", "_s")
+                 "f0", "f1", "by0", "by1", "a", "b", "spare", "_s", "first", "out", "lead")
 
-    def __init__(self, rf: Roofline, batch: int, ctx0: float,
-                 k: tuple[float, float, float, float], growth: float | None = None):
+    def __init__(self, rf: Roofline, batch: int, ctx0: float, k: tuple, growth: float | None = None):
         self.batch = batch
-        self.k_time, self.k_flops, self.k_bytes, self.spare = k
+        self.k_time, self.k_flops, self.k_bytes, self.spare, self.first, self.out = k
+        self.lead = 0.0
         growth = batch if growth is None else growth
         q = rf.q
         self.L = rf.layers
@@ -84,7 +86,7 @@ class DecodeRun:
         if self._s:
             s = min(self._s, m)
             t += s * self.spare - self._attention(s)
-        return t
+        return t + self.lead if m else t
 
     def _attention(self, m: int) -> float:
         """Attention time of the first ``m`` steps."""
@@ -102,16 +104,27 @@ class DecodeRun:
         return self.L * att
 
     def step_time(self, i: int) -> float:
-        return self.k_time + max(self.L * max(self.a1 + self.b1 * i, self.a2 + self.b2 * i),
-                                 self.spare)
+        t = self.k_time + max(self.L * max(self.a1 + self.b1 * i, self.a2 + self.b2 * i),
+                              self.spare)
+        return t + self.lead if i == 0 else t
+
+    def gpu_time(self, i: int) -> float:
+        """Step ``i``'s GPU work alone (no engine-thread floor, no lead)."""
+        return self.first.time_s + self.L * max(self.a1 + self.b1 * i, self.a2 + self.b2 * i)
+
+    def first_step(self):
+        """Step 0's cost as :func:`simulator.engine_loop.place` reads it."""
+        f = self.first
+        return type(f)(self.gpu_time(0), 0.0, 0.0, f.cpu_s, f.launch_s)
 
     def steps_done_by(self, dt: float, m_max: int) -> int:
         """Largest m <= m_max whose first m steps finish within dt.
 
-        Steps only grow longer, so ``dt / step_time(0)`` bounds m from above, and cutting
-        ``ceil(excess / step_time(m-1))`` steps never cuts too many: a few evaluations suffice.
+        Steps only grow longer (but for step 0's lead), so ``dt / (step_time(0) - lead)`` bounds
+        m from above, and cutting ``ceil(excess / step_time(m-1))`` steps never cuts too many: a
+        few evaluations suffice.
         """
-        m = min(m_max, int(dt / self.step_time(0)))
+        m = min(m_max, int(dt / (self.step_time(0) - self.lead)))
         while m > 0:
             d = self.duration(m)
             if d <= dt:

@@ -1,11 +1,13 @@
-"""Roofline cost of one vLLM engine step, per operator.
+"""Roofline cost of one vLLM engine step, per operator, and its CPU side.
 
 Each operator takes ``max(FLOPs / achieved compute, HBM bytes / achieved bandwidth,
 wire bytes / achieved link bandwidth) + fixed latency`` (for GEMMs a soft maximum, see
 :meth:`Roofline.op_time`), where achieved = datasheet peak x an efficiency from the calibration
 profile. All figures are per GPU of one tensor-parallel group (weights and heads split ``tp``
-ways). A step adds its CPU cost and, above the CUDA-graph capture size, lasts at least its
-eager kernel-launch floor.
+ways). A step's GPU work adds its fixed GPU costs; its CPU side (scheduling and input
+preparation, then a graph replay, a piecewise launch or, above the CUDA-graph capture size, an
+eager launch of every kernel) runs on the engine thread, which :mod:`simulator.engine_loop`
+overlaps with the GPU as vLLM does.
 
 Between two scheduler events a replica only decodes, so :meth:`Roofline.decode_run` hands the
 run to :class:`~simulator.cost.decode_run.DecodeRun`, which sums its steps in closed form.
@@ -43,11 +45,13 @@ class OpCost:
         return self.flops / self.hbm_bytes if self.hbm_bytes else INF
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StepCost:
-    time_s: float
+    time_s: float  # GPU work: operators plus fixed GPU costs
     flops: float
     hbm_bytes: float
+    cpu_s: float = 0.0  # engine thread, call start to first kernel: schedule, prepare inputs
+    launch_s: float = 0.0  # engine thread launching the rest: sampler, piecewise/eager layers
 
 
 GEMMS = frozenset({"attn_proj(qkv,o)", "mlp", "moe_experts", "lm_head"})
@@ -90,6 +94,8 @@ class Roofline:
         self.rm_attn_p = bw * e.attn_prefill_memory
         self.rc_attn_d = gpu.peak_flops(prec.attn_dtype) * e.attn_decode_compute
         self.rm_attn_d = bw * e.attn_decode_memory
+        # Decodes batched with prefill run in the same varlen attention kernel as the prompts.
+        self.rm_attn_mix = bw * (e.attn_mixed_decode_memory or e.attn_decode_memory)
         self.rm_elem = bw * e.elementwise_memory
         link_gbs, self.link_name = gpu.interconnect_gbs()
         # A ring all-reduce moves 2(tp-1)/tp of the message out of each GPU, one direction.
@@ -135,8 +141,11 @@ class Roofline:
         self.pp = 1  # pipeline stages (set by the deployment)
         # Largest step (in tokens) vLLM runs from a captured CUDA graph (set by the deployment
         # from --max-cudagraph-capture-size / --enforce-eager). Larger steps run eagerly: the
-        # CPU launches every kernel of every layer, and the step takes at least that long.
+        # CPU launches every kernel of every layer, and the step cannot end before that.
         self.graph_max_tokens = INF
+        # vLLM's async scheduling (set by the deployment): the engine thread's cost overlaps
+        # the GPU's; without it, it is serial (see simulator.engine_loop).
+        self.async_sched = True
         self._k_cache: dict[int, tuple[float, float, float, float]] = {}
         self._layer_cache: dict[int, tuple[float, float, float]] = {}
 
@@ -209,7 +218,8 @@ class Roofline:
             ctx = decode_ctx + n_decode * q
             out.append(("attention_decode", L, self.pair_flops_decode * ctx * q,
                         ctx * self.kv_bytes_token_layer + n_decode * q * self.attn_qo_bytes, 0.0,
-                        self.rc_attn_d, self.rm_attn_d, INF, 0.0))
+                        self.rc_attn_d, self.rm_attn_mix if prefills else self.rm_attn_d, INF,
+                        0.0))
         if n_logits:
             out.append(("lm_head", 1, 2 * n_logits * self.head_params,
                         self.head_params * 2 + n_logits * self.model.vocab / self.tp * 4, 0.0,
@@ -222,34 +232,59 @@ class Roofline:
                         self.rn, self.overhead.comm_latency_s))
         return out
 
-    def cpu_ops(self, n_seqs: int, tokens: int, has_prefill: bool) -> list[tuple]:
-        """Host-side cost of a step, serial with the GPU: scheduling, input preparation, output
-        processing; plus the eager attention launches of a piecewise-graph step (one that holds
-        prefill and fits a captured graph)."""
-        return [("step_overhead(cpu)", 1, 0.0, 0.0, 0.0, INF, INF, INF,
-                 self.cpu_time(n_seqs, tokens, has_prefill))]
-
-    def cpu_time(self, n_seqs: int, tokens: int, has_prefill: bool) -> float:
-        """The time of :meth:`cpu_ops`."""
+    def gpu_fixed(self, n_seqs: int, tokens: int, has_prefill: bool) -> float:
+        """Fixed GPU time of a step beyond its operators (per step, per sequence, and the
+        piecewise-graph extra of a step that holds prefill within the capture size)."""
         o = self.overhead
         t = o.step_s + o.per_seq_s * n_seqs
         if has_prefill and tokens <= self.graph_max_tokens:
             t += o.prefill_step_s + (o.prefill_step_fp8_s if self.fp8_step else 0.0)
         return t
 
-    def eager_floor(self, tokens: int) -> float:
-        """Time the CPU needs to launch an eager step's kernels (0 when a graph covers it)."""
-        if tokens <= self.graph_max_tokens:
-            return 0.0
+    def cpu_prepare(self, n_seqs: int) -> float:
+        """Engine thread, from a call's start until a full-graph step is launched: schedule,
+        prepare inputs, replay the graph, launch the sampler."""
         o = self.overhead
-        return self.layers * o.eager_layer_s + self.moe_layers * o.eager_moe_layer_s
+        return o.cpu_step_s + o.cpu_seq_s * n_seqs
 
-    @staticmethod
-    def launch_row(floor: float, gpu_s: float) -> list[tuple]:
-        """The part of an eager step's launch time that the GPU's work does not hide."""
-        if floor <= gpu_s:
-            return []
-        return [("eager_launch(cpu, exposed)", 1, 0.0, 0.0, 0.0, INF, INF, INF, floor - gpu_s)]
+    def first_kernel(self, n_seqs: int) -> float:
+        """... until the step's first kernel: all of that but the sampler's launch."""
+        return max(self.cpu_prepare(n_seqs) - self.overhead.sample_launch_s, 0.0)
+
+    def launch_time(self, tokens: int, has_prefill: bool) -> float:
+        """Engine thread launching the step's kernels beyond a graph replay: eager above the
+        capture size (every kernel of every layer), piecewise for prefill within it."""
+        o = self.overhead
+        if tokens > self.graph_max_tokens:
+            return self.layers * o.eager_layer_s + self.moe_layers * o.eager_moe_layer_s
+        return self.layers * o.piecewise_layer_s if has_prefill else 0.0
+
+    def output_time(self, n_seqs: int) -> float:
+        """Engine thread harvesting a finished batch of ``n_seqs`` and emitting its tokens."""
+        o = self.overhead
+        return o.output_s + o.output_seq_s * n_seqs
+
+    def cpu_cycle(self, n_seqs: int, tokens: int, has_prefill: bool) -> float:
+        """The engine thread's time per step in steady state: harvest, prepare, launch."""
+        return (self.output_time(n_seqs) + self.cpu_prepare(n_seqs)
+                + self.launch_time(tokens, has_prefill))
+
+    def cpu_ops(self, n_seqs: int, tokens: int, has_prefill: bool, gpu_s: float) -> list[tuple]:
+        """The step's fixed GPU time, and the engine thread's time as it shows in steady state
+        (each step following one like it): with async scheduling only what exceeds the GPU
+        work, without it the harvest and preparation serially plus any launch not hidden."""
+        out = [("step_overhead(gpu)", 1, 0.0, 0.0, 0.0, INF, INF, INF,
+                self.gpu_fixed(n_seqs, tokens, has_prefill))]
+        gpu = gpu_s + out[0][-1]
+        if self.async_sched:
+            shown, name = self.cpu_cycle(n_seqs, tokens, has_prefill) - gpu, "engine_thread(cpu, exposed)"
+        else:
+            shown = (self.output_time(n_seqs) + self.cpu_prepare(n_seqs)
+                     + max(self.launch_time(tokens, has_prefill) - gpu, 0.0))
+            name = "engine_thread(cpu, serial)"
+        if shown > 0:
+            out.append((name, 1, 0.0, 0.0, 0.0, INF, INF, INF, shown))
+        return out
 
     def ops(
         self, n_decode: int, decode_ctx: float, prefills: list[tuple[int, int]], n_logits: int,
@@ -262,8 +297,8 @@ class Roofline:
             n_decode, decode_ctx, prefills, n_logits + n_decode * (q - 1),
             skip_decode_attention=skip_decode_attention) + self.draft_ops(
             n_decode, decode_ctx, prefills)
-        launch = self.launch_row(self.eager_floor(tokens), self._sum(gpu)[0])
-        return gpu + launch + self.cpu_ops(n_decode + len(prefills), tokens, bool(prefills))
+        return gpu + self.cpu_ops(n_decode + len(prefills), tokens, bool(prefills),
+                                  self._sum(gpu)[0])
 
     def draft_ops(self, n_decode: int, decode_ctx: float,
                   prefills: list[tuple[int, int]]) -> list[tuple]:
@@ -314,7 +349,8 @@ class Roofline:
     def step(
         self, n_decode: int, decode_ctx: float, prefills: list[tuple[int, int]], n_logits: int
     ) -> StepCost:
-        """Sum of :meth:`ops`, with the token-count-only part memoised per token count."""
+        """GPU work (operators and fixed GPU time) and CPU side of one step, with the
+        token-count-only operators memoised per token count."""
         q = self.q
         tokens = n_decode * q + sum(n for n, _ in prefills)
         lay = self._layer_cache.get(tokens)
@@ -325,9 +361,11 @@ class Roofline:
         if self.spec is not None:
             dt, df, db = self._sum(self.draft_ops(n_decode, decode_ctx, prefills))
             t, f, b = t + dt, f + df, b + db
-        gpu = t + lay[0]
-        cpu = self.cpu_time(n_decode + len(prefills), tokens, bool(prefills))
-        return StepCost(max(gpu, self.eager_floor(tokens)) + cpu, f + lay[1], b + lay[2])
+        n_seqs, pre = n_decode + len(prefills), bool(prefills)
+        gpu = t + lay[0] + self.gpu_fixed(n_seqs, tokens, pre)
+        first = self.first_kernel(n_seqs)
+        return StepCost(gpu, f + lay[1], b + lay[2], first,
+                        self.cpu_prepare(n_seqs) - first + self.launch_time(tokens, pre))
 
     def explain(
         self, n_decode: int, decode_ctx: float, prefills: list[tuple[int, int]], n_logits: int
@@ -353,11 +391,19 @@ class Roofline:
             rest = self._sum(self.step_ops(batch, 0.0, [], batch * q, skip_decode_attention=True))
             d = self._sum([o for o in self.draft_ops(batch, 0.0, []) if
                            not o[0].startswith("draft:attention_decode")])
-            cpu = self.cpu_time(batch, batch * q, False)
-            gpu = lay[0] + rest[0] + d[0]
-            # Steps last max(GPU work, eager launch floor) + CPU: the run keeps the floor as
-            # "attention must exceed floor - constant GPU work before it shows".
-            k = (gpu + cpu, lay[1] + rest[1] + d[1], lay[2] + rest[2] + d[2],
-                 self.eager_floor(batch * q) - gpu)
+            gpu = lay[0] + rest[0] + d[0] + self.gpu_fixed(batch, batch * q, False)
+            prep, out = self.cpu_prepare(batch), self.output_time(batch)
+            first = self.first_kernel(batch)
+            rest_launch = prep - first + self.launch_time(batch * q, False)
+            # A step lasts (constant GPU work + its attention) floored by the engine thread
+            # (engine_loop.place in steady state): async, its whole cycle overlaps the GPU;
+            # sync, harvest and the wait for the first kernel are serial, and only the rest of
+            # the launch can outlast the GPU work.
+            if self.async_sched:
+                k_time, spare = gpu, out + prep + self.launch_time(batch * q, False) - gpu
+            else:
+                k_time, spare = gpu + out + first, rest_launch - gpu
+            k = (k_time, lay[1] + rest[1] + d[1], lay[2] + rest[2] + d[2], spare,
+                 StepCost(gpu, 0.0, 0.0, first, rest_launch), out)
             self._k_cache[batch] = k
         return DecodeRun(self, batch, ctx0, k, growth)

@@ -24,6 +24,14 @@ CPU to launch its kernels, and excluding idle time between batches. Events are r
 complete, a few steps later, so timing never adds a synchronisation. On a CPU backend there are
 no CUDA events and ``gpu_s`` is null. Request timestamps are unaffected by any of this.
 
+The engine thread's own timeline is recorded per batch too (seconds from replay start, the
+clock of ``start_s``): ``scheduled_s`` when ``schedule()`` returned, ``launched_s`` when the
+batch's ``sample_tokens`` call returned (its kernels are launched), ``harvest_s`` and
+``updated_s`` when ``update_from_output`` began and ended on its output (in the next call).
+``gpu_start_s``/``gpu_end_s`` place the two CUDA events on the same clock: each is timed against
+a reference event recorded, and synchronised on, when the replay starts. Prompts are built
+before the replay, so the replay loop only hands them to the engine.
+
 Prompts: a request whose trace row has ``hash_ids`` gets, for each id, a block of
 ``--hash-block`` token ids drawn from a generator seeded by the id, so requests sharing ids share
 real prefix tokens (prefix-cache hits happen where the trace says they would); the rest of the
@@ -67,12 +75,19 @@ def model_dir(name_or_path: str) -> str:
     return str(d)
 
 
+def _us(rec: dict) -> dict:
+    """A record with its times (keys ending in ``_s``) rounded to the microsecond."""
+    return {k: round(v, 6) if k.endswith("_s") and isinstance(v, float) else v
+            for k, v in rec.items()}
+
+
 def write_run(out: Path, reqs: list[dict], meta: dict, steps: list[dict] | None = None) -> str:
-    """Write one measured run's folder (what ``simulate validate`` reads); a one-line summary."""
+    """Write one measured run's folder (what ``simulate validate`` reads); a one-line summary.
+    Times are kept to the microsecond."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reqs))
+    (out / "requests.jsonl").write_text("".join(json.dumps(_us(r)) + "\n" for r in reqs))
     if steps is not None:
-        (out / "steps.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps))
+        (out / "steps.jsonl").write_text("".join(json.dumps(_us(s)) + "\n" for s in steps))
     (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     done = [r for r in reqs if r["finish_s"] is not None]
     ttft = sorted(r["first_token_s"] - r["arrival_s"] for r in done)
@@ -85,33 +100,44 @@ def load_rows(path: Path) -> list[dict]:
 
 
 class BatchTimer:
-    """Device time per batch from CUDA events around execute_model .. sample_tokens."""
+    """Device time per batch from CUDA events around execute_model .. sample_tokens, each event
+    also placed on the replay's clock; and when the engine thread finished launching it."""
 
-    def __init__(self, core, steps: list[dict]):
+    def __init__(self, core, steps: list[dict], clock):
         import torch
 
-        self.core, self.steps, self.pending = core, steps, []
+        self.core, self.steps, self.pending, self.clock = core, steps, [], clock
         self.cuda = torch.cuda if torch.cuda.is_available() else None
         ex = core.model_executor
         self.orig = (ex.execute_model, ex.sample_tokens)
-        if self.cuda is None:
-            return
+        self.ref = self.ref_s = None
+        if self.cuda is not None:
+            self.ref = self.cuda.Event(enable_timing=True)
+            self.ref.record()
+            self.ref.synchronize()
+            self.ref_s = clock()  # the reference event's time on the replay's clock
 
         def execute_model(*args, **kwargs):
             # A batch that was executed but never sampled (nothing scheduled) has no end event.
             self.pending = [p for p in self.pending if p[2] is not None]
-            start = self.cuda.Event(enable_timing=True)
-            start.record()
+            start = None
+            if self.cuda is not None:
+                start = self.cuda.Event(enable_timing=True)
+                start.record()
             self.pending.append([len(self.steps) - 1, start, None])
             return self.orig[0](*args, **kwargs)
 
         def sample_tokens(*args, **kwargs):
             out = self.orig[1](*args, **kwargs)
-            end = self.cuda.Event(enable_timing=True)
-            end.record()
+            end = True
+            if self.cuda is not None:
+                end = self.cuda.Event(enable_timing=True)
+                end.record()
             for p in reversed(self.pending):
                 if p[2] is None:
                     p[2] = end
+                    if p[0] >= 0:
+                        self.steps[p[0]]["launched_s"] = clock()
                     break
             return out
 
@@ -122,10 +148,15 @@ class BatchTimer:
         keep = []
         for p in self.pending:
             idx, start, end = p
+            if start is None:  # no CUDA: nothing to read back
+                continue
             if end is not None and (wait or end.query()):
                 end.synchronize()
                 if idx >= 0:
-                    self.steps[idx]["gpu_s"] = start.elapsed_time(end) / 1e3
+                    s = self.steps[idx]
+                    s["gpu_s"] = start.elapsed_time(end) / 1e3
+                    s["gpu_start_s"] = self.ref_s + self.ref.elapsed_time(start) / 1e3
+                    s["gpu_end_s"] = self.ref_s + self.ref.elapsed_time(end) / 1e3
             else:
                 keep.append(p)
         self.pending = keep
@@ -160,10 +191,15 @@ def replay(engine, rows: list[dict], vocab: int, seed: int,
     from vllm.inputs import TokensPrompt
 
     rng = random.Random(seed)
+    prompts = [prompt_ids(r, rng, vocab, seed, hash_block) for r in rows]
     steps: list[dict] = []
     core = engine.engine_core.engine_core
     sched = core.scheduler
-    orig = sched.schedule
+    orig, orig_update = sched.schedule, sched.update_from_output
+    by_output: dict[int, dict] = {}  # id(scheduler output) -> its batch's record
+
+    def clock() -> float:
+        return time.perf_counter() - start
 
     def schedule(*args, **kwargs):
         out = orig(*args, **kwargs)
@@ -181,26 +217,35 @@ def replay(engine, rows: list[dict], vocab: int, seed: int,
                 n_spec += drafts
             else:
                 chunks.append([n, before])
-        steps.append({"n_decode": dec_n, "decode_ctx": dec_ctx, "prefill": chunks,
-                      "spec_tokens": n_spec, "gpu_s": None})
+        rec = {"n_decode": dec_n, "decode_ctx": dec_ctx, "prefill": chunks,
+               "spec_tokens": n_spec, "gpu_s": None, "scheduled_s": clock()}
+        steps.append(rec)
+        by_output[id(out)] = rec
         return out
 
-    sched.schedule = schedule
-    timer = BatchTimer(core, steps)
+    def update_from_output(scheduler_output, *args, **kwargs):
+        rec = by_output.pop(id(scheduler_output), None)
+        t = clock()
+        res = orig_update(scheduler_output, *args, **kwargs)
+        if rec is not None:
+            rec["harvest_s"], rec["updated_s"] = t, clock()
+        return res
+
+    start = time.perf_counter()  # the replay's clock: trace arrivals and every timestamp
+    sched.schedule, sched.update_from_output = schedule, update_from_output
+    timer = BatchTimer(core, steps, clock)
     recs = {str(i): {"request_id": r.get("request_id", str(i)), "arrival_s": r["arrival_s"],
                      "input_tokens": r["input_tokens"], "output_tokens": r["output_tokens"],
                      "first_token_s": None, "finish_s": None, "generated": 0,
                      "decode_steps": 0, "cached_tokens": None}
             for i, r in enumerate(rows)}
     i, n = 0, len(rows)
-    start = time.perf_counter()
     try:
         while i < n or engine.has_unfinished_requests():
             now = time.perf_counter() - start
             while i < n and rows[i]["arrival_s"] <= now:
                 r = rows[i]
-                ids = prompt_ids(r, rng, vocab, seed, hash_block)
-                engine.add_request(str(i), TokensPrompt(prompt_token_ids=ids), SamplingParams(
+                engine.add_request(str(i), TokensPrompt(prompt_token_ids=prompts[i]), SamplingParams(
                     max_tokens=r["output_tokens"], min_tokens=r["output_tokens"],
                     ignore_eos=True, detokenize=False))
                 i += 1
@@ -226,7 +271,7 @@ def replay(engine, rows: list[dict], vocab: int, seed: int,
                 if o.finished:
                     rec["finish_s"] = t1
     finally:
-        sched.schedule = orig
+        sched.schedule, sched.update_from_output = orig, orig_update
         timer.close()
     return list(recs.values()), steps
 

@@ -4,10 +4,14 @@
 #   export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0
 #   bash profiles/calibration/measurements/profile_gpu.sh $OUT/m GROUP...
 # Groups: llama-bf16 llama-fp8 llama-small moe big big-bf16 (bf16 32B: H200 only, 64 GB of weights)
+#         mid (Qwen2.5-14B bf16: a second dense 16-bit model, light to past saturation, and its sweep)
 #         spec-l3 spec-l1 (draft Llama-3.2-1B, k=4, vLLM's synthetic rejection sampling at mean
 #         acceptance length 3.0 / 1.0), prefix prefix-off (prefix-heavy synthetic traces with
 #         vLLM's prefix caching on / off), awq (Llama-3.1-8B AWQ W4A16, random 4-bit weights),
 #         kv-fp8 (Llama-3.1-8B bf16 with an FP8 KV cache)
+#         timeline (Llama-3.1-8B bf16, light to past saturation plus the prefill sweep, in one
+#         engine: the runs that carry the engine thread's timestamps, 2026-12-02), timeline-small
+#         (the same at max-num-seqs 64 / 2048 batched tokens), timeline-fp8 (FP8 W8A8 at 8, 20 req/s)
 #         sweep, sweep-moe (isolated prompts of 16..8192 tokens: single prefill steps on both
 #         sides of the CUDA-graph capture size; Llama-3.1-8B bf16, fp8 and bf16 at
 #         max-num-seqs 64, then Qwen3-30B-A3B), ops (the torch operator micro-profiler)
@@ -27,6 +31,16 @@ for g in "$@"; do
         --trace $T/az-r20.jsonl --out $DEST/qwen3-30b-a3b-bf16 ;;
     big) $P --model qwen2.5-32b --quantization fp8 --trace $T/az-r2.jsonl --trace $T/az-r8.jsonl \
         --trace $T/az-r20.jsonl --out $DEST/qwen2.5-32b-fp8 ;;
+    mid) $P --model qwen2.5-14b --trace $T/az-r2.jsonl --trace $T/az-r8.jsonl \
+        --trace $T/az-r20.jsonl --trace $T/prefill-sweep.jsonl --out $DEST/qwen2.5-14b-bf16 ;;
+    timeline) $P --model llama-3.1-8b --trace $T/az-r2.jsonl --trace $T/az-r8.jsonl \
+        --trace $T/az-r20.jsonl --trace $T/az-r40.jsonl --trace $T/prefill-sweep.jsonl \
+        --out $DEST/llama8b-bf16 ;;
+    timeline-small) $P --model llama-3.1-8b --max-num-seqs 64 --max-num-batched-tokens 2048 \
+        --trace $T/az-r8.jsonl --trace $T/az-r20.jsonl --trace $T/prefill-sweep.jsonl \
+        --out $DEST/llama8b-bf16-s64-t2048 ;;
+    timeline-fp8) $P --model llama-3.1-8b --quantization fp8 --trace $T/az-r8.jsonl \
+        --trace $T/az-r20.jsonl --out $DEST/llama8b-fp8 ;;
     big-bf16) $P --model qwen2.5-32b --trace $T/az-r2.jsonl --trace $T/az-r8.jsonl \
         --trace $T/az-r20.jsonl --out $DEST/qwen2.5-32b-bf16 ;;
     spec-l3|spec-l1) L=${g#spec-l}; $P --model llama-3.1-8b --speculative-config \
