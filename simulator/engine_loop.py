@@ -60,3 +60,14 @@ def place(gpu_free: float, call_start: float, cost: Costs, prev_out_s: float, *,
         emit = max(launched, gpu_free) + prev_out_s
         return Placed(end, launched, emit, emit)
     return Placed(end, launched, None, launched + prev_out_s)
+
+
+def hidden_emit(gpu_free: float, call_start: float, cost: Costs, prev_out_s: float) -> float | None:
+    """:func:`place`'s emission of the previous step, async with a batch in flight, when this
+    step's launch is done by the time the GPU frees (the usual case between decode runs): the
+    step then starts at ``gpu_free`` and the engine thread's next call at the emission. None
+    when the launch is not hidden and :func:`place` must be asked. Builds nothing: the decode
+    runs' hot path."""
+    if call_start + cost.cpu_s + cost.launch_s > gpu_free:
+        return None
+    return gpu_free + prev_out_s

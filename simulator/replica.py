@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import simpy
 
 from simulator.cost.roofline import Roofline
-from simulator.engine_loop import place
+from simulator.engine_loop import hidden_emit, place
 from simulator.metrics import LogHistogram, ReplicaStats
 from simulator.prefix_cache import PrefixCache
 from simulator.request import Request
@@ -80,7 +80,7 @@ class Replica:
         # and n-gram speculation) the engine thread's costs sit between steps.
         self.async_sched = async_scheduling
         # The engine thread (simulator.engine_loop): when its next call starts, the step whose
-        # tokens wait for it, when tokens last went out, and whether a batch is in flight.
+        # tokens wait for it (a batch in flight), and when tokens last went out.
         self.cpu_free = 0.0
         self.pending: Pending | None = None
         self.last_emit = 0.0
@@ -257,14 +257,13 @@ class Replica:
         (a lead), which also emits the pending step's tokens."""
         s = self.sched
         run = self.rf.decode_run(len(s.decoding), s.ctx_sum, s.rate_sum)
-        p, f = self.pending, run.first
-        if (self.async_sched and p is not None and not self.restart
-                and self.cpu_free + f.cpu_s + f.launch_s <= now):
-            # The usual case, engine_loop.place's outcome without building it: the launch was
-            # done before the GPU freed, so no lead, and the pending tokens go out now.
-            self._emit(now + p.out_s)
-            self.cpu_free = now + p.out_s
-            return run
+        p = self.pending
+        if self.async_sched and p is not None and not self.restart:
+            emit = hidden_emit(now, self.cpu_free, run.first, p.out_s)
+            if emit is not None:  # no lead: the launch was done before the GPU freed
+                self._emit(emit)
+                self.cpu_free = emit
+                return run
         run.lead = max(self._launch(now, run.first_step()) - now - run.step_time(0), 0.0)
         return run
 

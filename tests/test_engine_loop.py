@@ -11,7 +11,7 @@ import pytest
 from simulator.config import SimulationConfig
 from simulator.cost.roofline import StepCost
 from simulator.deployment import resolve
-from simulator.engine_loop import place
+from simulator.engine_loop import hidden_emit, place
 from simulator.request import Request
 from simulator.run import run_simulation
 from tests.conftest import unit_cal_with
@@ -44,6 +44,22 @@ def test_place_hides_a_short_launch_and_exposes_a_long_one():
     # Synchronous scheduling: launch, then the GPU work, serially.
     p = place(0.010, 0.0105, graph, 0.0005, in_flight=False, async_sched=False)
     assert p.end == pytest.approx(0.0105 + 0.001 + 0.005)
+
+
+def test_the_hidden_launch_shortcut_agrees_with_place():
+    import random
+
+    rng = random.Random(5)
+    for _ in range(2000):
+        cost = StepCost(rng.uniform(0, 0.02), 0, 0, cpu_s=rng.uniform(0, 0.005),
+                        launch_s=rng.choice([0.0, rng.uniform(0, 0.04)]))
+        free, call, out = rng.uniform(0, 0.05), rng.uniform(0, 0.05), rng.uniform(0, 0.002)
+        emit = hidden_emit(free, call, cost, out)
+        p = place(free, call, cost, out, in_flight=True)
+        if emit is None:
+            assert p.launched > free
+        else:
+            assert (p.prev_emit, p.next_call, p.end) == pytest.approx((emit, emit, free + cost.time_s))
 
 
 def _cfg(cal, **engine):

@@ -21,6 +21,7 @@ from functools import cache
 
 from simulator.cost.calibration import CalibrationProfile
 from simulator.cost.decode_run import DecodeRun
+from simulator.cost.fixed import FixedCosts
 from simulator.cost.quantization import Precision
 from simulator.gpu import GPUSpec
 from simulator.model import ModelSpec
@@ -65,8 +66,9 @@ def _is_gemm(name: str) -> bool:
     return name in GEMMS
 
 
-class Roofline:
-    """Step-cost model for one (model, GPU, TP, precision, calibration)."""
+class Roofline(FixedCosts):
+    """Step-cost model for one (model, GPU, TP, precision, calibration): GPU operators here,
+    fixed GPU and engine-thread costs in :class:`~simulator.cost.fixed.FixedCosts`."""
 
     def __init__(
         self, model: ModelSpec, gpu: GPUSpec, tp: int, prec: Precision, cal: CalibrationProfile
@@ -232,60 +234,6 @@ class Roofline:
                         self.rn, self.overhead.comm_latency_s))
         return out
 
-    def gpu_fixed(self, n_seqs: int, tokens: int, has_prefill: bool) -> float:
-        """Fixed GPU time of a step beyond its operators (per step, per sequence, and the
-        piecewise-graph extra of a step that holds prefill within the capture size)."""
-        o = self.overhead
-        t = o.step_s + o.per_seq_s * n_seqs
-        if has_prefill and tokens <= self.graph_max_tokens:
-            t += o.prefill_step_s + (o.prefill_step_fp8_s if self.fp8_step else 0.0)
-        return t
-
-    def cpu_prepare(self, n_seqs: int) -> float:
-        """Engine thread, from a call's start until a full-graph step is launched: schedule,
-        prepare inputs, replay the graph, launch the sampler."""
-        o = self.overhead
-        return o.cpu_step_s + o.cpu_seq_s * n_seqs
-
-    def first_kernel(self, n_seqs: int) -> float:
-        """... until the step's first kernel: all of that but the sampler's launch."""
-        return max(self.cpu_prepare(n_seqs) - self.overhead.sample_launch_s, 0.0)
-
-    def launch_time(self, tokens: int, has_prefill: bool) -> float:
-        """Engine thread launching the step's kernels beyond a graph replay: eager above the
-        capture size (every kernel of every layer), piecewise for prefill within it."""
-        o = self.overhead
-        if tokens > self.graph_max_tokens:
-            return self.layers * o.eager_layer_s + self.moe_layers * o.eager_moe_layer_s
-        return self.layers * o.piecewise_layer_s if has_prefill else 0.0
-
-    def output_time(self, n_seqs: int) -> float:
-        """Engine thread harvesting a finished batch of ``n_seqs`` and emitting its tokens."""
-        o = self.overhead
-        return o.output_s + o.output_seq_s * n_seqs
-
-    def cpu_cycle(self, n_seqs: int, tokens: int, has_prefill: bool) -> float:
-        """The engine thread's time per step in steady state: harvest, prepare, launch."""
-        return (self.output_time(n_seqs) + self.cpu_prepare(n_seqs)
-                + self.launch_time(tokens, has_prefill))
-
-    def cpu_ops(self, n_seqs: int, tokens: int, has_prefill: bool, gpu_s: float) -> list[tuple]:
-        """The step's fixed GPU time, and the engine thread's time as it shows in steady state
-        (each step following one like it): with async scheduling only what exceeds the GPU
-        work, without it the harvest and preparation serially plus any launch not hidden."""
-        out = [("step_overhead(gpu)", 1, 0.0, 0.0, 0.0, INF, INF, INF,
-                self.gpu_fixed(n_seqs, tokens, has_prefill))]
-        gpu = gpu_s + out[0][-1]
-        if self.async_sched:
-            shown, name = self.cpu_cycle(n_seqs, tokens, has_prefill) - gpu, "engine_thread(cpu, exposed)"
-        else:
-            shown = (self.output_time(n_seqs) + self.cpu_prepare(n_seqs)
-                     + max(self.launch_time(tokens, has_prefill) - gpu, 0.0))
-            name = "engine_thread(cpu, serial)"
-        if shown > 0:
-            out.append((name, 1, 0.0, 0.0, 0.0, INF, INF, INF, shown))
-        return out
-
     def ops(
         self, n_decode: int, decode_ctx: float, prefills: list[tuple[int, int]], n_logits: int,
         *, skip_decode_attention: bool = False,
@@ -392,18 +340,11 @@ class Roofline:
             d = self._sum([o for o in self.draft_ops(batch, 0.0, []) if
                            not o[0].startswith("draft:attention_decode")])
             gpu = lay[0] + rest[0] + d[0] + self.gpu_fixed(batch, batch * q, False)
-            prep, out = self.cpu_prepare(batch), self.output_time(batch)
             first = self.first_kernel(batch)
-            rest_launch = prep - first + self.launch_time(batch * q, False)
-            # A step lasts (constant GPU work + its attention) floored by the engine thread
-            # (engine_loop.place in steady state): async, its whole cycle overlaps the GPU;
-            # sync, harvest and the wait for the first kernel are serial, and only the rest of
-            # the launch can outlast the GPU work.
-            if self.async_sched:
-                k_time, spare = gpu, out + prep + self.launch_time(batch * q, False) - gpu
-            else:
-                k_time, spare = gpu + out + first, rest_launch - gpu
-            k = (k_time, lay[1] + rest[1] + d[1], lay[2] + rest[2] + d[2], spare,
-                 StepCost(gpu, 0.0, 0.0, first, rest_launch), out)
+            # A step lasts serial + (constant GPU work + its attention) floored (steady).
+            serial, floor = self.steady(batch, batch * q, False)
+            k = (gpu + serial, lay[1] + rest[1] + d[1], lay[2] + rest[2] + d[2], floor - gpu,
+                 StepCost(gpu, 0.0, 0.0, first, self.cpu_prepare(batch) - first
+                          + self.launch_time(batch * q, False)), self.output_time(batch))
             self._k_cache[batch] = k
         return DecodeRun(self, batch, ctx0, k, growth)
