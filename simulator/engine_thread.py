@@ -12,11 +12,15 @@ it returned; with the previous batch's end on the GPU, that gives, for every cal
   state (median over those the GPU ran back to back) less what the GPU still ran after the
   launch ended -> ``sample_launch_s``;
 - the piecewise and the eager launch: launch end - call start - preparation, per layer, on
-  steps that hold prefill within the graph limit / run above it (medians) ->
-  ``piecewise_layer_s``, ``eager_layer_s`` (dense models). Steps that follow an eager step are
-  left out: there the launch can stall on CUDA's queue of pending kernels, full of the previous
-  step's (up to 0.2 s for Qwen2.5-14B's 48 layers at 8,192 tokens, measured), which costs
-  nothing on either timeline as long as it ends before the previous step does;
+  steps that hold prefill within the graph limit / run above it (trimmed means: launches add
+  up, so the mean sets the pace) -> ``piecewise_layer_s``, ``eager_layer_s`` (dense 16-bit
+  models), and FP8 runs' extra over those -> ``piecewise_fp8_layer_s``, ``eager_fp8_layer_s``
+  (their layers launch activation-quantisation kernels too), and MoE runs' eager launch less
+  the dense layers' -> ``eager_moe_layer_s`` (router, top-k, permutation, grouped GEMMs).
+  Steps that follow an eager step are left out: there the launch can stall on CUDA's queue
+  of pending kernels, full of the previous step's (up to 0.2 s for Qwen2.5-14B's 48 layers at
+  8,192 tokens, measured), which costs nothing on either timeline as long as it ends before
+  the previous step does;
 - harvest (output copy, ``update_from_output``, output processing until the call returns):
   return - max(previous batch's GPU end, launch end) on calls with a batch in flight,
   regressed on that batch's sequences -> ``output_s`` + ``output_seq_s`` x n.
@@ -42,6 +46,7 @@ class RunShape:
     layers: int
     moe_layers: int
     graph_max_tokens: float
+    fp8: bool = False  # W8A8 GEMMs: more kernels to launch per layer
 
 
 def _line(xs: list[float], ys: list[float], scale: float) -> tuple[float, float]:
@@ -55,10 +60,18 @@ def _line(xs: list[float], ys: list[float], scale: float) -> tuple[float, float]
     return float(res.x[0]), float(res.x[1])
 
 
+def _mean(xs: list[float], trim: float = 0.02) -> float:
+    """Mean without the ``trim`` share at either end (a rare pause or clock glitch): launches
+    add up step after step, so their mean, not their median, sets a run's pace."""
+    v = sorted(xs)
+    k = int(len(v) * trim)
+    return statistics.fmean(v[k:len(v) - k])
+
+
 def measure(runs: list[RunShape], min_calls: int = 50) -> dict[str, tuple[float, int]]:
     """``{key: (value, calls measured)}`` for each engine-thread cost the runs pin (at least
     ``min_calls`` calls of its kind); empty when no run carries the timeline."""
-    prep_n, prep_y, out_n, out_y, pw, eager, sampler = [], [], [], [], [], [], []
+    prep_n, prep_y, out_n, out_y, sampler = [], [], [], [], []
     for r in runs:
         small = [st for st in r.steps if st.launched is not None and not st.prefill
                  and st.n_decode <= 2]
@@ -84,19 +97,35 @@ def measure(runs: list[RunShape], min_calls: int = 50) -> dict[str, tuple[float,
     if len(out_y) >= min_calls:
         a, b = _line(out_n, out_y, 0.0005)
         out["output_s"], out["output_seq_s"] = (a, len(out_y)), (b, len(out_y))
+    # Launches per layer, apart for 16-bit and FP8 runs: (piecewise, eager) lists of each.
+    per = {False: ([], []), True: ([], [])}
+    moe: list[tuple[float, int, int]] = []  # (eager launch, layers, MoE layers) of MoE runs
     for r in runs:
+        pw, eager = per[r.fp8]
         for st in r.steps:
             if st.launched is None or not st.tokens or st.prev_tokens > r.graph_max_tokens:
                 continue
             seqs = st.n_decode + len(st.prefill)
             launch = st.launched - st.call_start - out["cpu_step_s"][0] - out["cpu_seq_s"][0] * seqs
-            if st.tokens > r.graph_max_tokens and not r.moe_layers:
+            if st.tokens > r.graph_max_tokens and r.moe_layers:
+                if not r.fp8:
+                    moe.append((launch, r.layers, r.moe_layers))
+            elif st.tokens > r.graph_max_tokens:
                 eager.append(launch / r.layers)
             elif st.prefill and st.tokens <= r.graph_max_tokens:
                 pw.append(launch / r.layers)
-    for key, vals in (("piecewise_layer_s", pw), ("eager_layer_s", eager)):
-        if len(vals) >= min_calls:
-            out[key] = (max(statistics.median(vals), 0.0), len(vals))
+    for i, key in enumerate(("piecewise_layer_s", "eager_layer_s")):
+        base, fp8 = per[False][i], per[True][i]
+        if len(base) >= min_calls:
+            out[key] = (max(_mean(base), 0.0), len(base))
+            if len(fp8) >= min_calls:  # FP8's extra over the 16-bit launch
+                extra = key.replace("_layer_s", "_fp8_layer_s")
+                out[extra] = (max(_mean(fp8) - out[key][0], 0.0), len(fp8))
+        elif len(fp8) >= min_calls:  # FP8 runs alone: their launch is the base, no extra known
+            out[key] = (max(_mean(fp8), 0.0), len(fp8))
+    if "eager_layer_s" in out and len(moe) >= min_calls:  # an MoE layer's extra launches
+        e = out["eager_layer_s"][0]
+        out["eager_moe_layer_s"] = (max(_mean([(x - n * e) / m for x, n, m in moe]), 0.0), len(moe))
     if len(sampler) >= 10:
         out["sample_launch_s"] = (min(max(statistics.median(sampler), 0.0),
                                       out["cpu_step_s"][0]), len(sampler))

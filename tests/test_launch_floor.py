@@ -135,3 +135,21 @@ def test_every_moe_layer_pays_its_fixed_routing_time(cal, tmp_path):
             n_dec, n_dec * 500.0).duration(3) == pytest.approx(3 * 48 * 0.00003, rel=1e-9)
     dense = _dep(str(p)).roofline  # a dense model has no MoE layer to pay it
     assert dense.step(8, 4000.0, [], 8).time_s == _dep(cal).roofline.step(8, 4000.0, [], 8).time_s
+
+
+def test_fp8_layers_launch_their_extra_kernels(tmp_path):
+    """FP8 W8A8 layers launch activation-quantisation kernels too: each launch per layer gains
+    its FP8 extra, eager and piecewise; a 16-bit deployment's launches do not."""
+    cal = unit_cal_with(tmp_path / "fp8.toml", eager_layer_s=EAGER, piecewise_layer_s=PIECEWISE,
+                        eager_fp8_layer_s=0.0003, piecewise_fp8_layer_s=0.0002)
+    bf16, fp8 = _dep(cal).roofline, _dep(cal, quantization="fp8").roofline
+    assert bf16.launch_time(513, True) == pytest.approx(32 * EAGER)
+    assert fp8.launch_time(513, True) == pytest.approx(32 * (EAGER + 0.0003))
+    assert bf16.launch_time(300, True) == pytest.approx(32 * PIECEWISE)
+    assert fp8.launch_time(300, True) == pytest.approx(32 * (PIECEWISE + 0.0002))
+    assert fp8.launch_time(300, False) == 0  # a full-graph decode replays one graph
+    # A launch-bound FP8 prefill served alone ends with its longer launch.
+    r = Request("a", 0.0, 513, 1)
+    run_simulation(SimulationConfig(gpu="h100", calibration=cal,
+                                    engine={"quantization": "fp8"}), [r])
+    assert r.ttft == pytest.approx(32 * (EAGER + 0.0003), rel=1e-9)

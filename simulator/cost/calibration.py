@@ -88,6 +88,10 @@ class Overhead(BaseModel):
     # and grouped-GEMM launches). The GPU cannot finish the step before its last launch.
     eager_layer_s: float = Field(default=0.0, ge=0)
     eager_moe_layer_s: float = Field(default=0.0, ge=0)
+    # ... and their extra per layer under FP8 W8A8, whose layers launch more kernels (activation
+    # quantisation before each scaled GEMM): measured as FP8 runs' launches less bf16 runs'.
+    piecewise_fp8_layer_s: float = Field(default=0.0, ge=0)
+    eager_fp8_layer_s: float = Field(default=0.0, ge=0)
     # Harvesting a finished batch and emitting its tokens (waiting on its output copy,
     # update_from_output, the engine loop's turn): per call and per sequence in the batch.
     output_s: float = Field(default=0.0, ge=0)

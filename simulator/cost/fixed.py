@@ -46,11 +46,15 @@ class FixedCosts:
 
     def launch_time(self, tokens: int, has_prefill: bool) -> float:
         """Engine thread launching the step's kernels beyond a graph replay: eager above the
-        capture size (every kernel of every layer), piecewise for prefill within it."""
-        o = self.overhead
+        capture size (every kernel of every layer), piecewise for prefill within it; FP8 W8A8
+        layers launch more kernels."""
+        o, fp8 = self.overhead, self.fp8_step
         if tokens > self.graph_max_tokens:
-            return self.layers * o.eager_layer_s + self.moe_layers * o.eager_moe_layer_s
-        return self.layers * o.piecewise_layer_s if has_prefill else 0.0
+            return (self.layers * (o.eager_layer_s + (o.eager_fp8_layer_s if fp8 else 0.0))
+                    + self.moe_layers * o.eager_moe_layer_s)
+        if not has_prefill:
+            return 0.0
+        return self.layers * (o.piecewise_layer_s + (o.piecewise_fp8_layer_s if fp8 else 0.0))
 
     def output_time(self, n_seqs: int) -> float:
         """Engine thread harvesting a finished batch of ``n_seqs`` and emitting its tokens."""

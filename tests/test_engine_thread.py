@@ -1,0 +1,63 @@
+"""The engine thread's costs measured from timeline runs (simulator.engine_thread), against
+synthetic timelines whose costs are known exactly."""
+
+from __future__ import annotations
+
+import pytest
+
+from simulator.engine_thread import RunShape, measure
+from simulator.measured_steps import MeasuredStep
+
+PREP, PER_SEQ, EAGER, PIECEWISE, LAYERS = 0.0025, 2e-5, 0.0007, 0.00025, 32
+
+
+def _run(eager: float, piecewise: float, fp8: bool, n: int = 60) -> RunShape:
+    """Decode steps (preparation only), then eager (1,000-token) and piecewise (300-token)
+    prefill steps launched in ``eager`` / ``piecewise`` per layer; none in flight."""
+    steps, t = [], 0.0
+    for i in range(n):
+        for tokens, per_layer in ((0, 0.0), (1000, eager), (300, piecewise)):
+            seqs = 4 + i % 8
+            launch = PREP + PER_SEQ * seqs + LAYERS * per_layer
+            pre = [(tokens, 0)] if tokens else []
+            steps.append(MeasuredStep(seqs - bool(pre), 1000.0, pre, 0.005, t, t + launch + 0.01,
+                                      t - 1.0, t + 0.001, False, 0, t + launch, 0))
+            t += 1.0
+    return RunShape(steps, LAYERS, 0, 512, fp8)
+
+
+def test_launches_per_layer_are_measured_apart_for_fp8_runs():
+    bf16 = _run(EAGER, PIECEWISE, False)
+    fp8 = _run(EAGER + 0.0001, PIECEWISE + 0.00005, True)
+    got = measure([bf16, fp8])
+    assert got["cpu_step_s"][0] == pytest.approx(PREP, abs=1e-7)
+    assert got["cpu_seq_s"][0] == pytest.approx(PER_SEQ, rel=1e-3)
+    assert got["eager_layer_s"][0] == pytest.approx(EAGER, rel=1e-4)
+    assert got["piecewise_layer_s"][0] == pytest.approx(PIECEWISE, rel=1e-3)
+    # FP8's extra over the 16-bit launch, per layer.
+    assert got["eager_fp8_layer_s"][0] == pytest.approx(0.0001, rel=1e-2)
+    assert got["piecewise_fp8_layer_s"][0] == pytest.approx(0.00005, rel=1e-2)
+    # Without FP8 runs no extra is measured; with FP8 runs alone theirs is the base.
+    assert "eager_fp8_layer_s" not in measure([bf16, _run(EAGER, PIECEWISE, False)])
+    alone = measure([fp8, _run(EAGER + 0.0001, PIECEWISE + 0.00005, True)])
+    assert alone["eager_layer_s"][0] == pytest.approx(EAGER + 0.0001, rel=1e-4)
+    assert "eager_fp8_layer_s" not in alone
+
+
+def test_a_launch_is_measured_by_its_mean_not_its_median():
+    """Launches add up step after step: runs whose launches are three-quarters fast and a
+    quarter slow are paced by their mean (the median would be the fast one)."""
+    fast, slow = _run(0.0005, PIECEWISE, False, 60), _run(0.0011, PIECEWISE, False, 20)
+    got = measure([fast, slow])
+    # (2% trimmed at either end: one slow and one fast launch of the 80)
+    assert got["eager_layer_s"][0] == pytest.approx((59 * 0.0005 + 19 * 0.0011) / 78, rel=1e-6)
+
+
+def test_an_moe_layers_extra_launch_is_measured_over_the_dense_one():
+    dense = _run(EAGER, PIECEWISE, False)
+    moe = _run(EAGER + 0.0004, PIECEWISE, False)  # 32 MoE layers, each launching 0.4 ms more
+    moe = RunShape(moe.steps, LAYERS, LAYERS, 512, False)
+    got = measure([dense, moe])
+    assert got["eager_layer_s"][0] == pytest.approx(EAGER, rel=1e-4)
+    assert got["eager_moe_layer_s"][0] == pytest.approx(0.0004, rel=1e-3)
+    assert "eager_moe_layer_s" not in measure([dense, _run(EAGER, PIECEWISE, False)])
