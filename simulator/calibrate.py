@@ -56,6 +56,7 @@ PARAMS = (
     ("efficiency", "attn_mixed_decode_memory", 0.1, COPY_BW),
     ("efficiency", "moe_gemm", 0.05, 1.0),
     ("efficiency", "gemm_roofline_p", 1.0, 30.0),  # 1: compute and memory times add up
+    ("efficiency", "gemm_compute_decay", 0.0, 0.5),
     ("overhead", "step_s", 0.0, 0.02),
     ("overhead", "per_seq_s", 0.0, 1e-4),
     ("overhead", "prefill_step_s", 0.0, 0.02),
@@ -249,7 +250,8 @@ def fit(run_dirs: list[Path], base: CalibrationProfile, per_run: int = STEPS_PER
             ("engine_thread", "host_speed", 0.3, 3.0)]
     names = [(sec, key) for sec, key, _, _ in active]
     # A launch time of 0 has no gradient where it never binds: start it where it binds sometimes.
-    start = {"gemm_roofline_p": 4.0, "eager_layer_s": 1e-3, "eager_moe_layer_s": 1e-4,
+    start = {"gemm_roofline_p": 4.0, "gemm_compute_decay": 0.02, "eager_layer_s": 1e-3,
+             "eager_moe_layer_s": 1e-4,
              "prefill_step_fp8_s": 1e-3, "moe_layer_s": 1e-5, "cpu_step_s": 1e-3,
              "piecewise_layer_s": 3e-4, "output_s": 1e-3, "cpu_seq_s": 1e-6, "output_seq_s": 1e-6}
     x0 = [1.0 if sec == "engine_thread" else

@@ -117,3 +117,22 @@ def test_kv_capacity_matches_vllm_on_h100():
     qwen = resolve(SimulationConfig(gpu="h100", model="qwen2.5-14b"))
     assert math.isclose(llama.kv_capacity_tokens, 451_840, rel_tol=0.01)
     assert math.isclose(qwen.kv_capacity_tokens, 228_608, rel_tol=0.01)
+
+
+def test_gemm_compute_slows_past_2048_tokens_by_the_fitted_decay(tmp_path):
+    """gemm_compute_decay d: beyond 2,048 tokens GEMMs compute at (tokens / 2048) ** -d of the
+    rate; at and below 2,048 nothing changes."""
+    from tests.conftest import UNIT_CAL
+
+    flat, slow = tmp_path / "flat.toml", tmp_path / "slow.toml"
+    flat.write_text(UNIT_CAL)
+    slow.write_text(UNIT_CAL.replace("gemm_compute = 1.0", "gemm_compute = 1.0\ngemm_compute_decay = 0.1"))
+    a, b = _dep(str(flat)).roofline, _dep(str(slow)).roofline
+
+    def gemm_s(rf, tokens):
+        rows = rf.explain(0, 0.0, [(tokens, 0)], 1)
+        return sum(r.time_s for r in rows if r.name in ("attn_proj(qkv,o)", "mlp"))
+
+    assert gemm_s(b, 2048) == pytest.approx(gemm_s(a, 2048))
+    # 8,192 tokens are compute-bound (hard roofline here): time / (4 ** -0.1)
+    assert gemm_s(b, 8192) == pytest.approx(gemm_s(a, 8192) * 4 ** 0.1, rel=1e-9)

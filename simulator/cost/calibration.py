@@ -42,6 +42,10 @@ class Efficiency(BaseModel):
     # Sharpness of the GEMM roofline: op time = p-norm of (compute time, memory time); None is
     # the hard max. Fitted: kernels near the ridge point are slower than either bound alone.
     gemm_roofline_p: float | None = Field(default=None, ge=1)
+    # GEMM compute rate beyond 2,048 tokens: x (tokens / 2048) ** -decay. The operator tables
+    # show serving-shape GEMMs slowing past 2k tokens (Llama-3.1-8B's layer on the H200: 0.71 of
+    # peak at 2,048, 0.68 at 8,192). None: flat.
+    gemm_compute_decay: float | None = Field(default=None, ge=0, le=0.5)
     # W4A16 (AWQ/GPTQ on Marlin kernels), relative to the 16-bit GEMM: compute rate (dequantising
     # in registers) and achieved bandwidth streaming the 4-bit weights.
     w4a16_compute: float | None = Field(default=None, gt=0, le=2)

@@ -87,6 +87,7 @@ class Roofline(FixedCosts):
         self.rc_head = gpu.peak_flops(prec.attn_dtype) * e.gemm_compute
         self.rm_head = bw * e.gemm_memory
         self.gemm_p = e.gemm_roofline_p or INF
+        self.gemm_decay = e.gemm_compute_decay or 0.0
         self.rm_gemm = bw * (e.gemm_memory_fp8 if eight and e.gemm_memory_fp8 else e.gemm_memory)
         self.fp8_step = prec.gemm_dtype in ("fp8", "int8")
         if w4:  # Marlin: dequantise in registers, stream 4-bit weights
@@ -168,14 +169,16 @@ class Roofline(FixedCosts):
         """
         wb, ab, L = self.prec.weight_bytes, self.prec.act_bytes, self.layers
         out = []
+        rc = self.rc_gemm * (1.0 if tokens <= 2048 or not self.gemm_decay
+                             else (tokens / 2048) ** -self.gemm_decay)
         for count, moe, mlp_p, shared_p, router_p in self.groups:
             out.append(("attn_proj(qkv,o)", count, 2 * tokens * self.attn_params,
                         self.attn_params * wb + tokens * self.attn_act, 0.0,
-                        self.rc_gemm, self.rm_gemm, INF, 0.0))
+                        rc, self.rm_gemm, INF, 0.0))
             if moe is None:
                 out.append(("mlp", count, 2 * tokens * mlp_p,
                             mlp_p * wb + tokens * ab * (2 * self.model.hidden + mlp_p / self.model.hidden),
-                            0.0, self.rc_gemm, self.rm_gemm, INF, 0.0))
+                            0.0, rc, self.rm_gemm, INF, 0.0))
             else:
                 # Experts touched by `tokens` tokens each routed to top_k of E (uniform routing).
                 touched = moe.num_experts * (1 - (1 - moe.top_k / moe.num_experts) ** tokens)
@@ -183,7 +186,7 @@ class Roofline(FixedCosts):
                             2 * tokens * (moe.top_k * mlp_p + shared_p + router_p),
                             (touched * mlp_p + shared_p + router_p) * wb
                             + tokens * ab * (2 * self.model.hidden * (moe.top_k + 1)),
-                            0.0, self.rc_gemm * self.moe_eff, self.rm_gemm * self.moe_eff, INF,
+                            0.0, rc * self.moe_eff, self.rm_gemm * self.moe_eff, INF,
                             self.overhead.moe_layer_s))
         out.append(("norms+kv_write", L, 0.0,
                     tokens * (self.elem_bytes_token + self.kv_bytes_token_layer), 0.0,
