@@ -34,7 +34,7 @@ from simulator.engine_loop import place
 from simulator.engine_thread import RunShape, measure
 from simulator.errors import InputError
 from simulator.gpu import parse_deployment
-from simulator.measured_steps import read_steps
+from simulator.measured_steps import read_records, read_steps
 from simulator.paths import profiles_dir
 from simulator.request import Request
 from simulator.run import run_simulation
@@ -86,8 +86,11 @@ class Sample:
         self.gpu = rf.gpu
         self.fp8 = rf.prec.gemm_dtype == "fp8"
         self.moe = rf.model.is_moe
+        # Every call's raw record, read once: the fit's steps and the requests served alone.
+        records = read_records(run_dir)
+        self.alone = alone_requests(run_dir, records)
         # The first steps of a replay include one-off warm-up (allocator, first shapes).
-        steps = [s for s in read_steps(run_dir)[5:] if s.tokens]
+        steps = [s for s in read_steps(run_dir, records)[5:] if s.tokens]
         if not steps:
             raise InputError("no steps with device times (gpu_s); re-profile with CUDA events",
                              file=str(run_dir / "steps.jsonl"), field="gpu_s")
@@ -123,16 +126,17 @@ class Sample:
         return self.errors(cal)[0]
 
 
-def alone_requests(run_dir: Path) -> list[dict]:
+def alone_requests(run_dir: Path, records: list[dict] | None = None) -> list[dict]:
     """Requests served alone: no other request in flight between their arrival and finish,
     prompt prefilled in one step, no cache hit. What they wait beyond the simulated engine
     loop is the front end's latency.
 
     Linear in the run's size after sorting: a request is alone when every earlier arrival has
-    finished before it arrives and the next arrival comes after it finishes."""
+    finished before it arrives and the next arrival comes after it finishes. ``records``: the
+    run's per-call records, if already read (:func:`~simulator.measured_steps.read_records`)."""
     reqs = [json.loads(x) for x in (run_dir / "requests.jsonl").read_text().splitlines() if x]
-    steps = [json.loads(x) for x in (run_dir / "steps.jsonl").read_text().splitlines() if x]
-    steps.sort(key=lambda s: s["start_s"])
+    steps = sorted(read_records(run_dir) if records is None else records,
+                   key=lambda s: s["start_s"])
     starts = [s["start_s"] for s in steps]
     spans = sorted((r["arrival_s"], r["finish_s"], i) for i, r in enumerate(reqs)
                    if r["finish_s"] is not None)
@@ -176,16 +180,15 @@ def draft_pass_time(run_dirs: list[Path], cal: CalibrationProfile) -> tuple[floa
     return (max(statistics.median(medians), 0.0), n) if medians else None
 
 
-def front_end_latency(samples: list[Sample], run_dirs: list[Path],
-                      cal: CalibrationProfile) -> tuple[float | None, int]:
+def front_end_latency(samples: list[Sample], cal: CalibrationProfile) -> tuple[float | None, int]:
     """Median of measured minus simulated TTFT over the requests served alone (each simulated
     alone under ``cal`` with no front-end latency), and their number; None under 5."""
     cal0 = cal.model_copy(update={"overhead": cal.overhead.model_copy(
         update={"request_latency_s": 0.0})})
     gaps = []
-    for s, d in zip(samples, run_dirs, strict=True):
+    for s in samples:
         dep = with_calibration(s.dep, cal0)
-        for r in alone_requests(d):
+        for r in s.alone:
             sim = run_simulation(s.cfg, [Request("x", 0.0, r["input_tokens"], r["output_tokens"])],
                                  deployment=dep).requests[0]
             gaps.append(r["first_token_s"] - r["arrival_s"] - sim.ttft)
@@ -294,7 +297,7 @@ def fit(run_dirs: list[Path], base: CalibrationProfile, per_run: int = STEPS_PER
             update={"draft_layer_pass_s": draft[0]})})
     # Front-end latency is measured, not fitted: what requests served alone waited beyond the
     # fitted engine loop.
-    latency, n_alone = front_end_latency(samples, run_dirs, cal)
+    latency, n_alone = front_end_latency(samples, cal)
     if latency is not None:
         cal = cal.model_copy(update={"overhead": cal.overhead.model_copy(
             update={"request_latency_s": latency})})

@@ -107,19 +107,19 @@ def measure(runs: list[RunShape], min_calls: int = 50) -> dict[str, tuple[float,
                 continue
             seqs = st.n_decode + len(st.prefill)
             launch = st.launched - st.call_start - out["cpu_step_s"][0] - out["cpu_seq_s"][0] * seqs
-            if st.tokens > r.graph_max_tokens and r.moe_layers:
-                if not r.fp8:
-                    moe.append((launch, r.layers, r.moe_layers))
-            elif st.tokens > r.graph_max_tokens:
+            if st.tokens <= r.graph_max_tokens:
+                if st.prefill:
+                    pw.append(launch / r.layers)
+            elif not r.moe_layers:
                 eager.append(launch / r.layers)
-            elif st.prefill and st.tokens <= r.graph_max_tokens:
-                pw.append(launch / r.layers)
-    for i, key in enumerate(("piecewise_layer_s", "eager_layer_s")):
+            elif not r.fp8:  # an FP8 MoE's eager launch holds both extras: left out
+                moe.append((launch, r.layers, r.moe_layers))
+    for i, (key, extra) in enumerate((("piecewise_layer_s", "piecewise_fp8_layer_s"),
+                                      ("eager_layer_s", "eager_fp8_layer_s"))):
         base, fp8 = per[False][i], per[True][i]
         if len(base) >= min_calls:
             out[key] = (max(_mean(base), 0.0), len(base))
             if len(fp8) >= min_calls:  # FP8's extra over the 16-bit launch
-                extra = key.replace("_layer_s", "_fp8_layer_s")
                 out[extra] = (max(_mean(fp8) - out[key][0], 0.0), len(fp8))
         elif len(fp8) >= min_calls:  # FP8 runs alone: their launch is the base, no extra known
             out[key] = (max(_mean(fp8), 0.0), len(fp8))

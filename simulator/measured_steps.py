@@ -50,13 +50,20 @@ class MeasuredStep:
         return self.n_decode + sum(n for n, _ in self.prefill)
 
 
-def read_steps(run_dir: Path) -> list[MeasuredStep]:
-    """Every call that ran a batch with a device time, in order, placed on both timelines."""
+def read_records(run_dir: Path) -> list[dict]:
+    """The run's raw per-call records (``steps.jsonl``), every call included."""
     path = run_dir / "steps.jsonl"
     try:
-        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     except (OSError, json.JSONDecodeError) as e:
         raise InputError(f"not a measured run folder: {e}", file=str(path)) from None
+
+
+def read_steps(run_dir: Path, records: list[dict] | None = None) -> list[MeasuredStep]:
+    """Every call that ran a batch with a device time, in order, placed on both timelines
+    (from ``records`` when the caller has read them already)."""
+    path = run_dir / "steps.jsonl"
+    rows = read_records(run_dir) if records is None else records
     out: list[MeasuredStep] = []
     gpu_end = -1e9
     prev = None  # the previous call's record

@@ -39,7 +39,7 @@ def test_calibrate_fits_measured_steps_and_writes_a_loadable_profile(tmp_path):
     # TTFT, which the engine loop explains to within a couple of milliseconds.
     runs = find_runs([H200 / "llama8b-bf16"])
     assert sum(len(alone_requests(d)) for d in runs) >= 66 and "request_latency_s" in raw["fitted"]
-    lat, n = front_end_latency([Sample(d, 50) for d in runs], runs, prof)
+    lat, n = front_end_latency([Sample(d, 50) for d in runs], prof)
     assert n >= 66 and prof.overhead.request_latency_s == pytest.approx(lat, rel=1e-5)
     assert 0 <= prof.overhead.request_latency_s < 0.003
     # Values it does not fit keep their number and their stated reason from the base profile.

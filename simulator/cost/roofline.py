@@ -27,6 +27,9 @@ from simulator.gpu import GPUSpec
 from simulator.model import ModelSpec
 
 INF = math.inf
+# GEMMs compute at their fitted rate up to this many tokens, slower beyond by
+# ``gemm_compute_decay`` (see :class:`~simulator.cost.calibration.Efficiency`).
+GEMM_DECAY_FROM = 2048
 
 
 @dataclass(frozen=True)
@@ -169,8 +172,8 @@ class Roofline(FixedCosts):
         """
         wb, ab, L = self.prec.weight_bytes, self.prec.act_bytes, self.layers
         out = []
-        rc = self.rc_gemm * (1.0 if tokens <= 2048 or not self.gemm_decay
-                             else (tokens / 2048) ** -self.gemm_decay)
+        rc = self.rc_gemm * (1.0 if tokens <= GEMM_DECAY_FROM or not self.gemm_decay
+                             else (tokens / GEMM_DECAY_FROM) ** -self.gemm_decay)
         for count, moe, mlp_p, shared_p, router_p in self.groups:
             out.append(("attn_proj(qkv,o)", count, 2 * tokens * self.attn_params,
                         self.attn_params * wb + tokens * self.attn_act, 0.0,
