@@ -23,8 +23,7 @@ it and returns, so the CPU costs sit serially between steps.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 class Costs(Protocol):
@@ -35,8 +34,7 @@ class Costs(Protocol):
     launch_s: float  # CPU launching the rest (the sampler; a piecewise or eager step's layers)
 
 
-@dataclass(frozen=True, slots=True)
-class Placed:
+class Placed(NamedTuple):
     end: float  # the step's end on the GPU
     launched: float  # its last kernel launched (CPU)
     prev_emit: float | None  # when the previous step's tokens are emitted (async, one in flight)

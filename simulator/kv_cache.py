@@ -60,8 +60,11 @@ class KVCache:
             return b[-step % bs]
         full, rest = divmod(m, bs)
         n = full * self.decoding
-        for j in range(rest):
-            n += b[(-(step + j)) % bs]
+        if rest:
+            # Buckets o, o-1, ..., o-rest+1 (mod bs), o = -step mod bs: one or two slices.
+            o = -step % bs
+            lo = o - rest + 1
+            n += sum(b[lo:o + 1]) if lo >= 0 else sum(b[:o + 1]) + sum(b[bs + lo:])
         return n
 
     def steps_that_fit(self, step: int, m_max: int) -> int:

@@ -12,6 +12,7 @@ percentiles are therefore exact to +-0.25%; the ITL mean is exact.
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Sequence
 
 PCTS = (50, 90, 95, 99)
@@ -44,24 +45,20 @@ def distribution(values: list[float]) -> dict[str, float | None]:
 
 
 class LogHistogram:
-    """Weighted histogram on log-spaced bins; adds uniform ranges in O(bins spanned)."""
+    """Weighted histogram on log-spaced bins; adds uniform ranges in O(bins spanned).
+
+    On the simulator's hot path (a few adds per decode run), hence the bin index inlined."""
 
     RATIO = 1.005
     LO = 1e-6
 
     def __init__(self) -> None:
-        self.bins: dict[int, float] = {}
+        self.bins: defaultdict[int, float] = defaultdict(float)
         self.weight = 0.0
         self.total = 0.0  # sum of value x weight, for the exact mean
-        self._inv_lr = 1 / math.log(self.RATIO)
-        self._inv_lo = 1 / self.LO
-
-    def _idx(self, v: float) -> float:
-        return math.log(v * self._inv_lo) * self._inv_lr if v > self.LO else 0.0
 
     def add(self, value: float, weight: float = 1.0) -> None:
-        i = int(self._idx(value))
-        self.bins[i] = self.bins.get(i, 0.0) + weight
+        self.bins[int(_log(value * _INV_LO) * _INV_LR) if value > _LO else 0] += weight
         self.weight += weight
         self.total += value * weight
 
@@ -69,21 +66,22 @@ class LogHistogram:
         """``weight`` values spread evenly between lo and hi (lo <= hi), averaging ``mean``."""
         self.weight += weight
         self.total += mean * weight
-        a = self._idx(lo)
+        a = _log(lo * _INV_LO) * _INV_LR if lo > _LO else 0.0
         ia = int(a)
         if hi <= lo * 1.0001:  # a run whose steps barely differ: one bin
-            self.bins[ia] = self.bins.get(ia, 0.0) + weight
+            self.bins[ia] += weight
             return
-        b = self._idx(hi)
+        b = _log(hi * _INV_LO) * _INV_LR if hi > _LO else 0.0
         ib = int(b)
         if ia == ib:
-            self.bins[ia] = self.bins.get(ia, 0.0) + weight
+            self.bins[ia] += weight
             return
         span = b - a
+        bins = self.bins
         for i in range(ia, ib + 1):
             part = (min(b, i + 1) - max(a, i)) / span
             if part > 0:
-                self.bins[i] = self.bins.get(i, 0.0) + weight * part
+                bins[i] += weight * part
 
     def mean(self) -> float | None:
         return self.total / self.weight if self.weight else None
@@ -101,6 +99,12 @@ class LogHistogram:
 
     def summary(self) -> dict[str, float | None]:
         return {"mean": self.mean(), **{f"p{p}": self.percentile(p) for p in PCTS}}
+
+
+_log = math.log
+_LO = LogHistogram.LO
+_INV_LO = 1 / LogHistogram.LO
+_INV_LR = 1 / math.log(LogHistogram.RATIO)
 
 
 class ReplicaStats:

@@ -293,32 +293,34 @@ class Replica:
         """Apply ``m`` decode steps ending at ``end``. Inside the run each step's tokens go out
         ``out`` after it ends (its successor's launch is hidden), so their gaps are the step
         times; the last step's tokens wait for the next launch."""
-        s = self.sched
+        s, itl, out = self.sched, self.itl, run.out
         b = run.batch
+        last, last_gpu = run.last_step(m)
         if m > 1:
-            first, last = run.step_time(0), run.step_time(m - 1)
-            gap0 = end - dur + first + run.out - self.last_emit  # step 0's tokens' gap
+            first = run.step_time(0)
+            gap0 = end - dur + first + out - self.last_emit  # step 0's tokens' gap
             if not self.async_sched or abs(gap0 - first) <= 1e-12 * first:
                 # Step 0's gap is its step time (synchronous, or nothing delayed the tokens
                 # before it): one range over steps 0..m-2.
-                self.itl.add_range(first, run.step_time(m - 2), b * (m - 1),
-                                   (dur - last) / (m - 1))
+                itl.add_range(first, run.step_time(m - 2), b * (m - 1), (dur - last) / (m - 1))
             else:
-                self.itl.add(gap0, b)
+                itl.add(gap0, b)
                 if m > 2:
-                    self.itl.add_range(run.step_time(1), run.step_time(m - 2), b * (m - 2),
-                                       (dur - first - last) / (m - 2))
-            self.last_emit = end - last + run.out
+                    itl.add_range(run.step_time(1), run.step_time(m - 2), b * (m - 2),
+                                  (dur - first - last) / (m - 2))
+            self.last_emit = end - last + out
         occupancy = b + len(s.waiting)
-        n0 = len(self.done)
-        peak = s.advance_decode(m, end, self.done.append)
+        done = self.done
+        n0 = len(done)
+        peak = s.advance_decode(m, end, done.append)
         if self.async_sched:
             # The next call starts once step m-2's tokens are out: out after step m-1 began
             # on the GPU, or after its launch when the engine thread is the bottleneck.
-            self.cpu_free = end - run.gpu_time(m - 1) + run.out
-        self._ended(end, run.out, b, self.done[n0:])
-        self.stats.add(dur, m, b * m, run.flops(m), run.hbm_bytes(m), used0, s.kv.used,
-                       peak, s.kv.total, occupancy)
+            self.cpu_free = end - last_gpu + out
+        self._ended(end, out, b, done[n0:] if len(done) > n0 else [])
+        flops, hbm = run.work(m)
+        kv = s.kv
+        self.stats.add(dur, m, b * m, flops, hbm, used0, kv.used, peak, kv.total, occupancy)
 
     def _finish_general(self, step, cost, dur: float, n_prefills: int, used0: int, peak: int,
                         occupancy: int) -> None:

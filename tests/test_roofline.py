@@ -83,8 +83,9 @@ def test_decode_run_closed_form_equals_step_sum(unit_cal, batch, ctx0):
     steps = [rf.step(batch, ctx0 + i * batch, [], batch) for i in range(300)]
     assert run.duration(300) == pytest.approx(sum(s.time_s for s in steps), rel=1e-12)
     assert run.step_time(299) == pytest.approx(steps[299].time_s, rel=1e-12)
-    assert run.flops(300) == pytest.approx(sum(s.flops for s in steps), rel=1e-12)
-    assert run.hbm_bytes(300) == pytest.approx(sum(s.hbm_bytes for s in steps), rel=1e-12)
+    flops, hbm = run.work(300)
+    assert flops == pytest.approx(sum(s.flops for s in steps), rel=1e-12)
+    assert hbm == pytest.approx(sum(s.hbm_bytes for s in steps), rel=1e-12)
     for dt in (0.0, steps[0].time_s * 0.5, run.duration(137), run.duration(137) + 1e-9, 1e9):
         k = run.steps_done_by(dt, 300)
         assert run.duration(k) <= dt + 1e-15

@@ -32,36 +32,36 @@ class DecodeRun:
                  "f0", "f1", "by0", "by1", "a", "b", "spare", "_s", "first", "out", "lead")
 
     def __init__(self, rf: Roofline, batch: int, ctx0: float, k: tuple, growth: float | None = None):
-        self.batch = batch
-        self.k_time, self.k_flops, self.k_bytes, self.spare, self.first, self.out = k
-        self.lead = 0.0
-        growth = batch if growth is None else growth
-        q = rf.q
-        self.L = rf.layers
+        # k: what depends on the batch size alone (Roofline.decode_run caches it per size).
+        (self.k_time, self.k_flops, self.k_bytes, spare, self.first, self.out, L, q, pf, kvb,
+         qo_bytes, rc, rm) = k
+        self.batch, self.spare, self.L, self.lead = batch, spare, L, 0.0
+        if growth is None:
+            growth = batch
         c = ctx0 + batch * q
-        pf, kvb = rf.pair_flops_decode, rf.kv_bytes_token_layer
-        self.f0, self.f1 = pf * c * q, pf * growth * q
-        self.by0 = c * kvb + batch * q * rf.attn_qo_bytes
-        self.by1 = growth * kvb
+        self.f0 = f0 = pf * c * q
+        self.f1 = f1 = pf * growth * q
+        by0 = c * kvb + qo_bytes
+        by1 = growth * kvb
         sp = rf.spec
         if sp is not None and sp.draft is not None:
             # The draft's k decode passes read its own (smaller) KV cache: folded in as layers
             # of the target's (same ctx, scaled bytes), memory-bound like decode attention.
             d = sp.draft
-            scale = sp.k * d.layers * d.kv_bytes_token_layer / (self.L * kvb)
-            self.by0 += scale * (ctx0 + batch) * kvb + sp.k * d.layers / self.L * batch * \
-                d.attn_qo_bytes
-            self.by1 += scale * growth * kvb
-        self.a1, self.b1 = self.f0 / rf.rc_attn_d, self.f1 / rf.rc_attn_d
-        self.a2, self.b2 = self.by0 / rf.rm_attn_d, self.by1 / rf.rm_attn_d
+            scale = sp.k * d.layers * d.kv_bytes_token_layer / (L * kvb)
+            by0 += scale * (ctx0 + batch) * kvb + sp.k * d.layers / L * batch * d.attn_qo_bytes
+            by1 += scale * growth * kvb
+        self.by0, self.by1 = by0, by1
+        self.a1, self.b1 = a1, b1 = f0 / rc, f1 / rc
+        self.a2, self.b2 = a2, b2 = by0 / rm, by1 / rm
         # One line dominates for every step (the usual case: decode attention is memory-bound).
-        if self.a2 >= self.a1 and self.b2 >= self.b1:
-            self.a, self.b = self.a2, self.b2
-        elif self.a1 >= self.a2 and self.b1 >= self.b2:
-            self.a, self.b = self.a1, self.b1
+        if a2 >= a1 and b2 >= b1:
+            self.a, self.b = a2, b2
+        elif a1 >= a2 and b1 >= b2:
+            self.a, self.b = a1, b1
         else:
             self.a = self.b = None
-        self._s = self._floor_steps() if self.spare > 0 else 0
+        self._s = self._floor_steps() if spare > 0 else 0
 
     def _floor_steps(self) -> float:
         """Number of leading steps whose attention is below the launch floor."""
@@ -103,14 +103,20 @@ class DecodeRun:
             att = self._lin(a1, b1, 0, s) + self._lin(a2, b2, s, m)
         return self.L * att
 
+    def _att(self, i: int) -> float:
+        """Step ``i``'s attention time."""
+        if self.a is not None:  # the line max would pick, bit for bit
+            return self.L * (self.a + self.b * i)
+        return self.L * max(self.a1 + self.b1 * i, self.a2 + self.b2 * i)
+
     def step_time(self, i: int) -> float:
-        t = self.k_time + max(self.L * max(self.a1 + self.b1 * i, self.a2 + self.b2 * i),
-                              self.spare)
+        att = self._att(i)
+        t = self.k_time + (att if att > self.spare else self.spare)
         return t + self.lead if i == 0 else t
 
     def gpu_time(self, i: int) -> float:
         """Step ``i``'s GPU work alone (no engine-thread floor, no lead)."""
-        return self.first.time_s + self.L * max(self.a1 + self.b1 * i, self.a2 + self.b2 * i)
+        return self.first.time_s + self._att(i)
 
     def first_step(self):
         """Step 0's cost as :func:`simulator.engine_loop.place` reads it."""
@@ -135,9 +141,15 @@ class DecodeRun:
             m += 1
         return m
 
-    def flops(self, m: int) -> float:
-        """FLOPs of the first m steps (the replica inlines the same sum on its hot path)."""
-        return m * self.k_flops + self.L * self._lin(self.f0, self.f1, 0, m)
+    def last_step(self, m: int) -> tuple[float, float]:
+        """``(step_time(m-1), gpu_time(m-1))``, the run's last step, its attention once."""
+        i = m - 1
+        att = self._att(i)
+        t = self.k_time + (att if att > self.spare else self.spare)
+        return (t + self.lead if i == 0 else t), self.first.time_s + att
 
-    def hbm_bytes(self, m: int) -> float:
-        return m * self.k_bytes + self.L * self._lin(self.by0, self.by1, 0, m)
+    def work(self, m: int) -> tuple[float, float]:
+        """``(FLOPs, HBM bytes)`` of the first ``m`` steps."""
+        n = (m - 1) * m / 2 if m > 0 else 0.0
+        return (m * self.k_flops + self.L * (self.f0 * m + self.f1 * n),
+                m * self.k_bytes + self.L * (self.by0 * m + self.by1 * n))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cache
+from typing import NamedTuple
 
 from simulator.cost.calibration import CalibrationProfile
 from simulator.cost.decode_run import DecodeRun
@@ -49,8 +50,9 @@ class OpCost:
         return self.flops / self.hbm_bytes if self.hbm_bytes else INF
 
 
-@dataclass(frozen=True, slots=True)
-class StepCost:
+class StepCost(NamedTuple):
+    """One step's cost (a named tuple: built per general step and per decode run)."""
+
     time_s: float  # GPU work: operators plus fixed GPU costs
     flops: float
     hbm_bytes: float
@@ -152,8 +154,9 @@ class Roofline(FixedCosts):
         # vLLM's async scheduling (set by the deployment): the engine thread's cost overlaps
         # the GPU's; without it, it is serial (see simulator.engine_loop).
         self.async_sched = True
-        self._k_cache: dict[int, tuple[float, float, float, float]] = {}
+        self._k_cache: dict[int, tuple] = {}
         self._layer_cache: dict[int, tuple[float, float, float]] = {}
+        self._step_cache: dict[tuple[int, int, int, bool], tuple] = {}
 
     # --- weights -----------------------------------------------------------------------------
     def weight_bytes_per_gpu(self) -> float:
@@ -205,11 +208,16 @@ class Roofline(FixedCosts):
         self, n_decode: int, decode_ctx: float, prefills: list[tuple[int, int]], n_logits: int,
         *, skip_decode_attention: bool = False,
     ) -> list[tuple]:
-        """Operators that depend on the batch's make-up: attention, lm_head, CPU overhead.
+        """Operators that depend on the batch's make-up: attention, lm_head, pipeline sends."""
+        tokens = n_decode * self.q + sum(n for n, _ in prefills)
+        return (self.attention_ops(n_decode, decode_ctx, prefills, skip_decode_attention)
+                + self.head_ops(n_logits, tokens))
 
-        ``decode_ctx`` is the summed number of tokens already in the KV cache of the decoding
-        sequences; each reads its context plus the token it writes this step.
-        """
+    def attention_ops(self, n_decode: int, decode_ctx: float, prefills: list[tuple[int, int]],
+                      skip_decode_attention: bool = False) -> list[tuple]:
+        """Prefill and decode attention. ``decode_ctx`` is the summed number of tokens already
+        in the KV cache of the decoding sequences; each reads its context plus the token it
+        writes this step."""
         out = []
         L = self.layers
         if prefills:
@@ -228,13 +236,18 @@ class Roofline(FixedCosts):
                         ctx * self.kv_bytes_token_layer + n_decode * q * self.attn_qo_bytes, 0.0,
                         self.rc_attn_d, self.rm_attn_mix if prefills else self.rm_attn_d, INF,
                         0.0))
+        return out
+
+    def head_ops(self, n_logits: int, tokens: int) -> list[tuple]:
+        """lm_head over the positions sampled, and pipeline stages' sends of ``tokens``
+        hidden states: they depend on counts only."""
+        out = []
         if n_logits:
             out.append(("lm_head", 1, 2 * n_logits * self.head_params,
                         self.head_params * 2 + n_logits * self.model.vocab / self.tp * 4, 0.0,
                         self.rc_head, self.rm_head, INF, 0.0))
         if self.pp > 1:
             # Each stage boundary sends the batch's hidden states to the next stage's GPUs.
-            tokens = n_decode * self.q + sum(n for n, _ in prefills)
             out.append((f"pp_send({self.link_name})", self.pp - 1, 0.0, 0.0,
                         tokens * self.model.hidden * self.prec.act_bytes / self.tp, INF, INF,
                         self.rn, self.overhead.comm_latency_s))
@@ -303,23 +316,32 @@ class Roofline(FixedCosts):
     def step(
         self, n_decode: int, decode_ctx: float, prefills: list[tuple[int, int]], n_logits: int
     ) -> StepCost:
-        """GPU work (operators and fixed GPU time) and CPU side of one step, with the
-        token-count-only operators memoised per token count."""
+        """GPU work (operators and fixed GPU time) and CPU side of one step. All but attention
+        (and the draft's work) depends on counts only, and is memoised per count: a general
+        step recomputes just its attention."""
         q = self.q
-        tokens = n_decode * q + sum(n for n, _ in prefills)
-        lay = self._layer_cache.get(tokens)
-        if lay is None:
-            lay = self._layer_cache[tokens] = self._sum(self.layer_ops(tokens))
-        t, f, b = self._sum(self.step_ops(n_decode, decode_ctx, prefills,
-                                          n_logits + n_decode * (q - 1)))
+        n_pre = len(prefills)
+        tokens = n_decode * q + (prefills[0][0] if n_pre == 1 else sum(n for n, _ in prefills))
+        n_logits += n_decode * (q - 1)
+        n_seqs = n_decode + n_pre
+        key = (tokens, n_logits, n_seqs, n_pre > 0)
+        fixed = self._step_cache.get(key)
+        if fixed is None:
+            pre = n_pre > 0
+            lay = self._layer_cache.get(tokens)
+            if lay is None:
+                lay = self._layer_cache[tokens] = self._sum(self.layer_ops(tokens))
+            head = self._sum(self.head_ops(n_logits, tokens))
+            first = self.first_kernel(n_seqs)
+            fixed = self._step_cache[key] = (
+                lay[0] + head[0] + self.gpu_fixed(n_seqs, tokens, pre), lay[1] + head[1],
+                lay[2] + head[2], first,
+                self.cpu_prepare(n_seqs) - first + self.launch_time(tokens, pre))
+        t, f, b = self._sum(self.attention_ops(n_decode, decode_ctx, prefills))
         if self.spec is not None:
             dt, df, db = self._sum(self.draft_ops(n_decode, decode_ctx, prefills))
             t, f, b = t + dt, f + df, b + db
-        n_seqs, pre = n_decode + len(prefills), bool(prefills)
-        gpu = t + lay[0] + self.gpu_fixed(n_seqs, tokens, pre)
-        first = self.first_kernel(n_seqs)
-        return StepCost(gpu, f + lay[1], b + lay[2], first,
-                        self.cpu_prepare(n_seqs) - first + self.launch_time(tokens, pre))
+        return StepCost(t + fixed[0], f + fixed[1], b + fixed[2], fixed[3], fixed[4])
 
     def explain(
         self, n_decode: int, decode_ctx: float, prefills: list[tuple[int, int]], n_logits: int
@@ -351,6 +373,8 @@ class Roofline(FixedCosts):
             serial, floor = self.steady(batch, batch * q, False)
             k = (gpu + serial, lay[1] + rest[1] + d[1], lay[2] + rest[2] + d[2], floor - gpu,
                  StepCost(gpu, 0.0, 0.0, first, self.cpu_prepare(batch) - first
-                          + self.launch_time(batch * q, False)), self.output_time(batch))
+                          + self.launch_time(batch * q, False)), self.output_time(batch),
+                 self.layers, q, self.pair_flops_decode, self.kv_bytes_token_layer,
+                 batch * q * self.attn_qo_bytes, self.rc_attn_d, self.rm_attn_d)
             self._k_cache[batch] = k
         return DecodeRun(self, batch, ctx0, k, growth)
