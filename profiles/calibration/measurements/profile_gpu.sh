@@ -12,7 +12,9 @@
 #         timeline (Llama-3.1-8B bf16, light to past saturation plus the prefill sweep, in one
 #         engine: the runs that carry the engine thread's timestamps, 2026-12-02), timeline-small
 #         (the same at max-num-seqs 64 / 2048 batched tokens), timeline-fp8 (FP8 W8A8 at 8, 20 req/s),
-#         timeline-fp8b (FP8 W8A8 at 2, 40 req/s and the sweep), timeline-moe (Qwen3-30B-A3B, light
+#         timeline-fp8b (FP8 W8A8 at 2, 40 req/s and the sweep), fp8-one-engine (all five FP8
+#         runs in one engine, as every other model's runs are; it replaces timeline-fp8 and
+#         timeline-fp8b, whose two engines launched at speeds 30-40% apart), timeline-moe (Qwen3-30B-A3B, light
 #         to past saturation and the sweep; 2026-12-02, with big-bf16 re-run the same day)
 #         sweep, sweep-moe (isolated prompts of 16..8192 tokens: single prefill steps on both
 #         sides of the CUDA-graph capture size; Llama-3.1-8B bf16, fp8 and bf16 at
@@ -45,6 +47,9 @@ for g in "$@"; do
         --trace $T/az-r20.jsonl --out $DEST/llama8b-fp8 ;;
     timeline-fp8b) $P --model llama-3.1-8b --quantization fp8 --trace $T/az-r2.jsonl \
         --trace $T/az-r40.jsonl --trace $T/prefill-sweep.jsonl --out $DEST/llama8b-fp8 ;;
+    fp8-one-engine) $P --model llama-3.1-8b --quantization fp8 --trace $T/az-r2.jsonl \
+        --trace $T/az-r8.jsonl --trace $T/az-r20.jsonl --trace $T/az-r40.jsonl \
+        --trace $T/prefill-sweep.jsonl --out $DEST/llama8b-fp8 ;;
     timeline-moe) $P --model qwen3-30b-a3b --trace $T/az-r2.jsonl --trace $T/az-r8.jsonl \
         --trace $T/az-r20.jsonl --trace $T/prefill-sweep.jsonl --out $DEST/qwen3-30b-a3b-bf16 ;;
     big-bf16) $P --model qwen2.5-32b --trace $T/az-r2.jsonl --trace $T/az-r8.jsonl \
