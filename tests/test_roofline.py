@@ -137,3 +137,18 @@ def test_gemm_compute_slows_past_2048_tokens_by_the_fitted_decay(tmp_path):
     assert gemm_s(b, 2048) == pytest.approx(gemm_s(a, 2048))
     # 8,192 tokens are compute-bound (hard roofline here): time / (4 ** -0.1)
     assert gemm_s(b, 8192) == pytest.approx(gemm_s(a, 8192) * 4 ** 0.1, rel=1e-9)
+
+
+def test_step_cost_is_the_same_from_the_memo_and_after_it_is_cleared(monkeypatch):
+    from simulator.cost import roofline
+
+    rf = resolve(SimulationConfig(gpu="h100")).roofline
+    first = rf.step(3, 3 * 700.0, [(600, 0)], 4)
+    assert len(rf._step_cache) == 1
+    again = rf.step(3, 3 * 900.0, [(600, 100)], 4)  # same counts: from the memo
+    assert len(rf._step_cache) == 1 and again.time_s > first.time_s  # attention grew
+    monkeypatch.setattr(roofline, "STEP_CACHE_MAX", 1)
+    other = rf.step(2, 2 * 700.0, [(600, 0)], 3)  # a new key: the memo is cleared first
+    assert len(rf._step_cache) == 1
+    assert rf.step(3, 3 * 700.0, [(600, 0)], 4) == first  # recomputed identically
+    assert other.time_s < first.time_s
