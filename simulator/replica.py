@@ -1,5 +1,6 @@
 """One vLLM engine replica as a simpy process: it plans steps, places them on the engine's CPU
-and GPU timelines, applies them.
+and GPU timelines, applies them. (A pre-routed replica's process runs on its own clock,
+:class:`simulator.run.OwnClock`, which stands in for the environment: it waits on nothing else.)
 
 A general step (any prefill, admission or preemption) is one event. When only decodes remain,
 the replica advances a whole run of steps, up to the next completion, KV exhaustion or arrival,
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import simpy
 
@@ -36,6 +38,9 @@ from simulator.metrics import LogHistogram, ReplicaStats
 from simulator.prefix_cache import PrefixCache
 from simulator.request import Request
 from simulator.schedule import Scheduler
+
+if TYPE_CHECKING:
+    from simulator.run import OwnClock
 
 
 @dataclass(slots=True)
@@ -51,7 +56,7 @@ class Pending:
 
 
 class Replica:
-    def __init__(self, env: simpy.Environment, index: int, roofline: Roofline, num_blocks: int,
+    def __init__(self, env: simpy.Environment | OwnClock, index: int, roofline: Roofline, num_blocks: int,
                  block_size: int, max_num_seqs: int, max_num_batched_tokens: int,
                  itl: LogHistogram, done: list[Request], sample_every: float,
                  incoming: list[Request] | None = None, async_scheduling: bool = True,
