@@ -56,8 +56,8 @@ class Pending:
 
 
 class Replica:
-    def __init__(self, env: simpy.Environment | OwnClock, index: int, roofline: Roofline, num_blocks: int,
-                 block_size: int, max_num_seqs: int, max_num_batched_tokens: int,
+    def __init__(self, env: simpy.Environment | OwnClock, index: int, roofline: Roofline,
+                 num_blocks: int, block_size: int, max_num_seqs: int, max_num_batched_tokens: int,
                  itl: LogHistogram, done: list[Request], sample_every: float,
                  incoming: list[Request] | None = None, async_scheduling: bool = True,
                  prefix: PrefixCache | None = None) -> None:
