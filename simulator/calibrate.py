@@ -97,7 +97,8 @@ class Sample:
         stride = max(1, len(steps) // per_run)
         self.steps = steps[::stride]
         self.timeline = any(st.launched is not None for st in steps)
-        self.shape = RunShape(steps, rf.layers, rf.moe_layers, rf.graph_max_tokens, self.fp8)
+        self.shape = RunShape(steps, rf.layers, rf.moe_layers, rf.graph_max_tokens, self.fp8,
+                              meta["model"])
 
     def errors(self, cal: CalibrationProfile) -> tuple[list[float], list[float], list[float]]:
         """Per step: log(simulated / measured) of the device time, and of the call's duration

@@ -14,8 +14,11 @@ it returned; with the previous batch's end on the GPU, that gives, for every cal
 - the piecewise and the eager launch: launch end - call start - preparation, per layer, on
   steps that hold prefill within the graph limit / run above it (trimmed means: launches add
   up, so the mean sets the pace) -> ``piecewise_layer_s``, ``eager_layer_s`` (dense 16-bit
-  models), and FP8 runs' extra over those -> ``piecewise_fp8_layer_s``, ``eager_fp8_layer_s``
-  (their layers launch activation-quantisation kernels too), and MoE runs' eager launch less
+  models), and FP8 runs' extra over the 16-bit runs of the same model -> ``piecewise_fp8_layer_s``,
+  ``eager_fp8_layer_s`` (their layers launch activation-quantisation kernels too; a model's two
+  dtypes are profiled in one session, while engines on different hosts launch 30-40% apart,
+  which a difference against every 16-bit run would take for FP8's; over all 16-bit runs only
+  where no model has both), and MoE runs' eager launch less
   the dense layers' -> ``eager_moe_layer_s`` (router, top-k, permutation, grouped GEMMs).
   Steps that follow an eager step are left out: there the launch can stall on CUDA's queue
   of pending kernels, full of the previous step's (up to 0.2 s for Qwen2.5-14B's 48 layers at
@@ -47,6 +50,7 @@ class RunShape:
     moe_layers: int
     graph_max_tokens: float
     fp8: bool = False  # W8A8 GEMMs: more kernels to launch per layer
+    model: str = ""  # FP8's extra is measured against the same model's 16-bit runs
 
 
 def _line(xs: list[float], ys: list[float], scale: float) -> tuple[float, float]:
@@ -66,6 +70,17 @@ def _mean(xs: list[float], trim: float = 0.02) -> float:
     v = sorted(xs)
     k = int(len(v) * trim)
     return statistics.fmean(v[k:len(v) - k])
+
+
+def _fp8_extra(by_model: dict, i: int, min_calls: int, fp8: list[float], base: float) -> float:
+    """FP8's extra launch per layer (``i``: 0 piecewise, 1 eager): over the 16-bit runs of the
+    same model, weighted by FP8 calls, for models with enough of both; else over ``base``."""
+    pairs = [(by_model[m, True][i], by_model[m, False][i]) for m, f in by_model
+             if f and (m, False) in by_model]
+    pairs = [(f, b) for f, b in pairs if len(f) >= min_calls and len(b) >= min_calls]
+    if not pairs:
+        return _mean(fp8) - base
+    return sum(len(f) * (_mean(f) - _mean(b)) for f, b in pairs) / sum(len(f) for f, _ in pairs)
 
 
 def measure(runs: list[RunShape], min_calls: int = 50) -> dict[str, tuple[float, int]]:
@@ -99,9 +114,11 @@ def measure(runs: list[RunShape], min_calls: int = 50) -> dict[str, tuple[float,
         out["output_s"], out["output_seq_s"] = (a, len(out_y)), (b, len(out_y))
     # Launches per layer, apart for 16-bit and FP8 runs: (piecewise, eager) lists of each.
     per = {False: ([], []), True: ([], [])}
+    by_model: dict[tuple[str, bool], tuple[list[float], list[float]]] = {}  # the same, per model
     moe: list[tuple[float, int, int]] = []  # (eager launch, layers, MoE layers) of MoE runs
     for r in runs:
         pw, eager = per[r.fp8]
+        mpw, meager = by_model.setdefault((r.model, r.fp8), ([], []))
         for st in r.steps:
             if st.launched is None or not st.tokens or st.prev_tokens > r.graph_max_tokens:
                 continue
@@ -110,8 +127,10 @@ def measure(runs: list[RunShape], min_calls: int = 50) -> dict[str, tuple[float,
             if st.tokens <= r.graph_max_tokens:
                 if st.prefill:
                     pw.append(launch / r.layers)
+                    mpw.append(launch / r.layers)
             elif not r.moe_layers:
                 eager.append(launch / r.layers)
+                meager.append(launch / r.layers)
             elif not r.fp8:  # an FP8 MoE's eager launch holds both extras: left out
                 moe.append((launch, r.layers, r.moe_layers))
     for i, (key, extra) in enumerate((("piecewise_layer_s", "piecewise_fp8_layer_s"),
@@ -120,7 +139,8 @@ def measure(runs: list[RunShape], min_calls: int = 50) -> dict[str, tuple[float,
         if len(base) >= min_calls:
             out[key] = (max(_mean(base), 0.0), len(base))
             if len(fp8) >= min_calls:  # FP8's extra over the 16-bit launch
-                out[extra] = (max(_mean(fp8) - out[key][0], 0.0), len(fp8))
+                out[extra] = (max(_fp8_extra(by_model, i, min_calls, fp8, out[key][0]), 0.0),
+                              len(fp8))
         elif len(fp8) >= min_calls:  # FP8 runs alone: their launch is the base, no extra known
             out[key] = (max(_mean(fp8), 0.0), len(fp8))
     if "eager_layer_s" in out and len(moe) >= min_calls:  # an MoE layer's extra launches

@@ -29,7 +29,7 @@ def test_calibrate_fits_measured_steps_and_writes_a_loadable_profile(tmp_path):
     assert raw["gpu_driver_name"] == "NVIDIA H200" and raw["vllm"] == "0.25.1"
     assert "gemm_compute_fp8" not in raw["fitted"]  # no FP8 run: not identifiable, not moved
     # The engine thread's costs are measured on these timeline runs, not fitted: preparation
-    # ~2.5 ms + ~22 us per sequence, eager launch ~0.7 ms per layer (H200 host, vLLM 0.25.1).
+    # 2-2.5 ms + 15-25 us per sequence, eager launch 0.5-0.7 ms per layer (H200 hosts, vLLM 0.25.1).
     assert set(raw["measured"]) >= {"cpu_step_s", "cpu_seq_s", "eager_layer_s", "output_s"}
     o = prof.overhead
     assert 0.001 < o.cpu_step_s < 0.005 and 5e-6 < o.cpu_seq_s < 5e-5
@@ -40,7 +40,8 @@ def test_calibrate_fits_measured_steps_and_writes_a_loadable_profile(tmp_path):
     runs = find_runs([H200 / "llama8b-bf16"])
     assert sum(len(alone_requests(d)) for d in runs) >= 66 and "request_latency_s" in raw["fitted"]
     lat, n = front_end_latency([Sample(d, 50) for d in runs], prof)
-    assert n >= 66 and prof.overhead.request_latency_s == pytest.approx(lat, rel=1e-5)
+    # (recomputed here from the written, 6-digit profile: equal to within 0.1 us)
+    assert n >= 66 and prof.overhead.request_latency_s == pytest.approx(lat, abs=1e-7)
     assert 0 <= prof.overhead.request_latency_s < 0.003
     # Values it does not fit keep their number and their stated reason from the base profile.
     defaults = load_profile(profiles_dir() / "calibration" / "defaults.toml")

@@ -61,3 +61,22 @@ def test_an_moe_layers_extra_launch_is_measured_over_the_dense_one():
     assert got["eager_layer_s"][0] == pytest.approx(EAGER, rel=1e-4)
     assert got["eager_moe_layer_s"][0] == pytest.approx(0.0004, rel=1e-3)
     assert "eager_moe_layer_s" not in measure([dense, _run(EAGER, PIECEWISE, False)])
+
+
+def test_fp8s_extra_launch_is_measured_against_the_same_models_16_bit_runs():
+    """Engines on different hosts launch 30-40% apart: FP8's extra comes from the 16-bit runs
+    of its own model (profiled in the same session), not from every 16-bit run."""
+    def shaped(run: RunShape, model: str) -> RunShape:
+        return RunShape(run.steps, LAYERS, 0, 512, run.fp8, model)
+
+    llama = shaped(_run(EAGER, PIECEWISE, False), "llama")
+    llama_fp8 = shaped(_run(EAGER + 0.0001, PIECEWISE + 0.00005, True), "llama")
+    slow_host = shaped(_run(EAGER + 0.0003, PIECEWISE + 0.0001, False), "qwen")
+    got = measure([llama, llama_fp8, slow_host])
+    assert got["eager_fp8_layer_s"][0] == pytest.approx(0.0001, rel=1e-2)
+    assert got["piecewise_fp8_layer_s"][0] == pytest.approx(0.00005, rel=1e-2)
+    # The 16-bit launch itself is every 16-bit run's (the hosts' mean).
+    assert got["eager_layer_s"][0] == pytest.approx(EAGER + 0.00015, rel=1e-3)
+    # Without the same model's 16-bit runs, the extra is over every 16-bit run (clipped at 0).
+    alone = measure([shaped(llama_fp8, "other"), slow_host])
+    assert alone["eager_fp8_layer_s"][0] == 0.0

@@ -72,7 +72,7 @@ def test_speculation_stops_paying_at_large_batches():
     # Long contexts keep paying at large batch: each step reads the KV cache once for five
     # queries (the regime MagicDec, Chen et al. 2024, describes).
     assert gain(512, 4000) > 1.5
-    # With the engine thread included (H100 host, in-process engine: ~54 us per sequence per
+    # With the engine thread included (H100 host, in-process engine: ~51 us per sequence per
     # step) a plain step of 512 short sequences is CPU-bound, and speculation, which makes
     # fewer steps per token, pays again: the GPU roofline alone does not decide it.
     assert plain.decode_run(512, 512 * 200.0).step_time(0) > 1.2 * plain.decode_run(

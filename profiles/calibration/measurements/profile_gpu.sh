@@ -13,8 +13,9 @@
 #         engine: the runs that carry the engine thread's timestamps, 2026-12-02), timeline-small
 #         (the same at max-num-seqs 64 / 2048 batched tokens), timeline-fp8 (FP8 W8A8 at 8, 20 req/s),
 #         timeline-fp8b (FP8 W8A8 at 2, 40 req/s and the sweep), fp8-one-engine (all five FP8
-#         runs in one engine, as every other model's runs are; it replaces timeline-fp8 and
-#         timeline-fp8b, whose two engines launched at speeds 30-40% apart), timeline-moe (Qwen3-30B-A3B, light
+#         runs in one engine; run right after `timeline` on the same machine, 2026-12-02, the
+#         pair that replaces timeline-fp8 and timeline-fp8b, whose two engines launched at
+#         speeds 30-40% apart, and the earlier llama8b-bf16 runs), timeline-moe (Qwen3-30B-A3B, light
 #         to past saturation and the sweep; 2026-12-02, with big-bf16 re-run the same day)
 #         sweep, sweep-moe (isolated prompts of 16..8192 tokens: single prefill steps on both
 #         sides of the CUDA-graph capture size; Llama-3.1-8B bf16, fp8 and bf16 at
