@@ -18,8 +18,8 @@ it returned; with the previous batch's end on the GPU, that gives, for every cal
   ``eager_fp8_layer_s`` (their layers launch activation-quantisation kernels too; a model's two
   dtypes are profiled in one session, while engines on different hosts launch 30-40% apart,
   which a difference against every 16-bit run would take for FP8's; over all 16-bit runs only
-  where no model has both), and MoE runs' eager launch less
-  the dense layers' -> ``eager_moe_layer_s`` (router, top-k, permutation, grouped GEMMs).
+  where no model has both), and MoE runs' eager launch less the dense layers' ->
+  ``eager_moe_layer_s`` (router, top-k, permutation, grouped GEMMs).
   Steps that follow an eager step are left out: there the launch can stall on CUDA's queue
   of pending kernels, full of the previous step's (up to 0.2 s for Qwen2.5-14B's 48 layers at
   8,192 tokens, measured), which costs nothing on either timeline as long as it ends before
@@ -112,13 +112,11 @@ def measure(runs: list[RunShape], min_calls: int = 50) -> dict[str, tuple[float,
     if len(out_y) >= min_calls:
         a, b = _line(out_n, out_y, 0.0005)
         out["output_s"], out["output_seq_s"] = (a, len(out_y)), (b, len(out_y))
-    # Launches per layer, apart for 16-bit and FP8 runs: (piecewise, eager) lists of each.
-    per = {False: ([], []), True: ([], [])}
-    by_model: dict[tuple[str, bool], tuple[list[float], list[float]]] = {}  # the same, per model
+    # Launches per layer of each (model, FP8?): (piecewise, eager) lists.
+    by_model: dict[tuple[str, bool], tuple[list[float], list[float]]] = {}
     moe: list[tuple[float, int, int]] = []  # (eager launch, layers, MoE layers) of MoE runs
     for r in runs:
-        pw, eager = per[r.fp8]
-        mpw, meager = by_model.setdefault((r.model, r.fp8), ([], []))
+        pw, eager = by_model.setdefault((r.model, r.fp8), ([], []))
         for st in r.steps:
             if st.launched is None or not st.tokens or st.prev_tokens > r.graph_max_tokens:
                 continue
@@ -127,15 +125,14 @@ def measure(runs: list[RunShape], min_calls: int = 50) -> dict[str, tuple[float,
             if st.tokens <= r.graph_max_tokens:
                 if st.prefill:
                     pw.append(launch / r.layers)
-                    mpw.append(launch / r.layers)
             elif not r.moe_layers:
                 eager.append(launch / r.layers)
-                meager.append(launch / r.layers)
             elif not r.fp8:  # an FP8 MoE's eager launch holds both extras: left out
                 moe.append((launch, r.layers, r.moe_layers))
     for i, (key, extra) in enumerate((("piecewise_layer_s", "piecewise_fp8_layer_s"),
                                       ("eager_layer_s", "eager_fp8_layer_s"))):
-        base, fp8 = per[False][i], per[True][i]
+        base, fp8 = ([x for (_, f), v in by_model.items() if f == is_fp8 for x in v[i]]
+                     for is_fp8 in (False, True))
         if len(base) >= min_calls:
             out[key] = (max(_mean(base), 0.0), len(base))
             if len(fp8) >= min_calls:  # FP8's extra over the 16-bit launch

@@ -105,17 +105,15 @@ def run_simulation(cfg: SimulationConfig, requests: list[Request],
     # as pp engines sharing its KV cache and batch limits, each step costing the whole model.
     n = dep.replicas * dep.pp
     plan = router_cls.assign(accepted, n)
-    per_replica: list[list[Request]] | None = None
-    if plan is not None:
-        per_replica = [[] for _ in range(n)]
-        for r, i in zip(accepted, plan, strict=True):
-            per_replica[i].append(r)
     if plan is None:
         replicas = [_replica(env, dep, i, itl, done, sample_every) for i in range(n)]
         router = router_cls(replicas)
         env.process(_arrivals(env, accepted, replicas, router, progress))
         env.run()
     else:
+        per_replica: list[list[Request]] = [[] for _ in range(n)]
+        for r, i in zip(accepted, plan, strict=True):
+            per_replica[i].append(r)
         replicas = [_replica(OwnClock(), dep, i, itl, done, sample_every, per_replica[i])
                     for i in range(n)]
         total = len(requests)

@@ -93,7 +93,8 @@ class Overhead(BaseModel):
     eager_layer_s: float = Field(default=0.0, ge=0)
     eager_moe_layer_s: float = Field(default=0.0, ge=0)
     # ... and their extra per layer under FP8 W8A8, whose layers launch more kernels (activation
-    # quantisation before each scaled GEMM): measured as FP8 runs' launches less bf16 runs'.
+    # quantisation before each scaled GEMM): measured as FP8 runs' launches less the same
+    # model's 16-bit runs' (simulator.engine_thread).
     piecewise_fp8_layer_s: float = Field(default=0.0, ge=0)
     eager_fp8_layer_s: float = Field(default=0.0, ge=0)
     # Harvesting a finished batch and emitting its tokens (waiting on its output copy,

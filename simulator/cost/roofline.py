@@ -326,13 +326,12 @@ class Roofline(FixedCosts):
         n_pre = len(prefills)
         tokens = n_decode * q + (prefills[0][0] if n_pre == 1 else sum(n for n, _ in prefills))
         n_logits += n_decode * (q - 1)
-        n_seqs = n_decode + n_pre
-        key = (tokens, n_logits, n_seqs, n_pre > 0)
+        n_seqs, pre = n_decode + n_pre, n_pre > 0
+        key = (tokens, n_logits, n_seqs, pre)
         fixed = self._step_cache.get(key)
         if fixed is None:
             if len(self._step_cache) >= STEP_CACHE_MAX:
                 self._step_cache.clear()  # a bound on memory; entries recompute identically
-            pre = n_pre > 0
             lay = self._layer_cache.get(tokens)
             if lay is None:
                 lay = self._layer_cache[tokens] = self._sum(self.layer_ops(tokens))
