@@ -253,13 +253,18 @@ def fit(run_dirs: list[Path], base: CalibrationProfile, per_run: int = STEPS_PER
         active = [p for p in active if p[1] not in carried] + [
             ("engine_thread", "host_speed", 0.3, 3.0)]
     names = [(sec, key) for sec, key, _, _ in active]
+    # The fit starts from the datasheet defaults, never from the profile it refits: a robust fit
+    # over this many factors stops at a start-dependent point, so starting from its own last
+    # output would make the committed command's result depend on how often it was run.
+    origin = load_profile(profiles_dir() / "calibration" / "defaults.toml").model_dump(
+        exclude={"path"})
     # A launch time of 0 has no gradient where it never binds: start it where it binds sometimes.
     start = {"gemm_roofline_p": 4.0, "gemm_compute_decay": 0.02, "eager_layer_s": 1e-3,
              "eager_moe_layer_s": 1e-4,
              "prefill_step_fp8_s": 1e-3, "moe_layer_s": 1e-5, "cpu_step_s": 1e-3,
              "piecewise_layer_s": 3e-4, "output_s": 1e-3, "cpu_seq_s": 1e-6, "output_seq_s": 1e-6}
     x0 = [1.0 if sec == "engine_thread" else
-          min(max(data[sec].get(key) or start.get(key, 0.7), lo + 1e-6), hi - 1e-9)
+          min(max(start.get(key) or origin[sec].get(key) or 0.7, lo + 1e-6), hi - 1e-9)
           for sec, key, lo, hi in active]
     # Overheads are fitted in milliseconds/microseconds so every variable is of order one.
     unit = {"step_s": 1e-3, "prefill_step_s": 1e-3, "prefill_step_fp8_s": 1e-3, "per_seq_s": 1e-6,

@@ -92,3 +92,19 @@ def test_alone_requests_keep_only_requests_nothing_overlapped(tmp_path):
              for a, _, _, n in reqs]
     (tmp_path / "steps.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps))
     assert [r["input_tokens"] for r in alone_requests(tmp_path)] == [400]
+
+
+def test_refitting_does_not_depend_on_the_profile_it_replaces():
+    """`calibrate` refits on top of the GPU's current profile (to keep its unfitted values), but
+    starts the fit from the datasheet defaults: re-running the committed command on its own
+    output gives the same numbers, and a base with different fitted values changes nothing."""
+    from simulator.calibrate import fit
+
+    runs = [H200 / "llama8b-bf16" / "az-r8", H200 / "llama8b-bf16" / "az-r40"]
+    defaults = load_profile(profiles_dir() / "calibration" / "defaults.toml")
+    first = fit(runs, defaults, per_run=150)
+    moved = first["profile"].model_copy(update={"efficiency": first["profile"].efficiency.model_copy(
+        update={"gemm_compute": 0.3, "attn_decode_memory": 0.4, "gemm_roofline_p": 9.0})})
+    again = fit(runs, moved, per_run=150)
+    assert "gemm_compute" in first["params"] and "attn_decode_memory" in first["params"]
+    assert again["params"] == pytest.approx(first["params"], rel=1e-9)
