@@ -28,7 +28,7 @@ def test_replay_records_every_request_and_step(tmp_path):
         [PY, "-m", "simulator.profiler.vllm_replay", "--model", str(DATA / "tiny-llama.json"),
          "--trace", str(trace), "--out", str(tmp_path), "--max-num-seqs", "16",
          "--max-num-batched-tokens", "512", "--max-model-len", "1024",
-         "--gpu-memory-utilization", "0.3"],
+         "--gpu-memory-utilization", "0.3", "--diagnose", "--gc-freeze"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert p.returncode == 0, p.stderr[-2000:]
@@ -58,7 +58,12 @@ def test_replay_records_every_request_and_step(tmp_path):
         if s in ran:
             assert s["launched_s"] <= s["harvest_s"] <= s["updated_s"]
             assert s["updated_s"] <= (nxt or s)["end_s"]
+    # --diagnose: what happened inside each launch (collections; no CUDA allocator on the CPU)
+    # and in each engine call; --gc-freeze froze the replay's heap first.
+    assert all(s["gc_s"] >= 0 and s["gc_full"] >= 0 and "alloc" not in s for s in ran)
+    assert all(s["call_gc_s"] >= s["gc_s"] - 1e-6 for s in ran)
     meta = json.loads((out / "meta.json").read_text())
+    assert meta["diagnose"] and meta["gc_freeze"]
     assert meta["model"].endswith("tiny-llama.json") and meta["num_gpu_blocks"] > 0
     # The warm-up grid ran (one prompt per step-size class up to the batch budget) and none of
     # its tokens reached the timed record (the token accounting above would break).

@@ -101,13 +101,18 @@ def load_rows(path: Path) -> list[dict]:
 
 class BatchTimer:
     """Device time per batch from CUDA events around execute_model .. sample_tokens, each event
-    also placed on the replay's clock; and when the engine thread finished launching it."""
+    also placed on the replay's clock; and when the engine thread finished launching it. With
+    ``diagnose``, a :class:`~simulator.profiler.diagnose.LaunchProbe` reads what happened
+    inside each launch."""
 
-    def __init__(self, core, steps: list[dict], clock):
+    def __init__(self, core, steps: list[dict], clock, diagnose: bool = False):
         import torch
+
+        from simulator.profiler.diagnose import LaunchProbe
 
         self.core, self.steps, self.pending, self.clock = core, steps, [], clock
         self.cuda = torch.cuda if torch.cuda.is_available() else None
+        self.probe = LaunchProbe(self.cuda) if diagnose else None
         ex = core.model_executor
         self.orig = (ex.execute_model, ex.sample_tokens)
         self.ref = self.ref_s = None
@@ -125,6 +130,8 @@ class BatchTimer:
                 start = self.cuda.Event(enable_timing=True)
                 start.record()
             self.pending.append([len(self.steps) - 1, start, None])
+            if self.probe is not None:
+                self.probe.before()
             return self.orig[0](*args, **kwargs)
 
         def sample_tokens(*args, **kwargs):
@@ -137,7 +144,10 @@ class BatchTimer:
                 if p[2] is None:
                     p[2] = end
                     if p[0] >= 0:
-                        self.steps[p[0]]["launched_s"] = clock()
+                        rec = self.steps[p[0]]
+                        rec["launched_s"] = clock()
+                        if self.probe is not None:
+                            self.probe.after(rec)
                     break
             return out
 
@@ -163,6 +173,8 @@ class BatchTimer:
 
     def close(self) -> None:
         self.collect(wait=True)
+        if self.probe is not None:
+            self.probe.close()
         self.core.model_executor.execute_model, self.core.model_executor.sample_tokens = self.orig
 
 
@@ -185,8 +197,8 @@ def prompt_ids(row: dict, rng: random.Random, vocab: int, seed: int, hash_block:
     return ids
 
 
-def replay(engine, rows: list[dict], vocab: int, seed: int,
-           hash_block: int = 512) -> tuple[list[dict], list[dict]]:
+def replay(engine, rows: list[dict], vocab: int, seed: int, hash_block: int = 512,
+           diagnose: bool = False, gc_freeze: bool = False) -> tuple[list[dict], list[dict]]:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -233,12 +245,19 @@ def replay(engine, rows: list[dict], vocab: int, seed: int,
 
     start = time.perf_counter()  # the replay's clock: trace arrivals and every timestamp
     sched.schedule, sched.update_from_output = schedule, update_from_output
-    timer = BatchTimer(core, steps, clock)
+    timer = BatchTimer(core, steps, clock, diagnose)
     recs = {str(i): {"request_id": r.get("request_id", str(i)), "arrival_s": r["arrival_s"],
                      "input_tokens": r["input_tokens"], "output_tokens": r["output_tokens"],
                      "first_token_s": None, "finish_s": None, "generated": 0,
                      "decode_steps": 0, "cached_tokens": None}
             for i, r in enumerate(rows)}
+    if gc_freeze:
+        # What `vllm serve` does once started (freeze_gc_heap): move everything alive now, the
+        # prompts and records built above included, out of the collector's reach.
+        import gc
+
+        gc.collect()
+        gc.freeze()
     i, n = 0, len(rows)
     try:
         while i < n or engine.has_unfinished_requests():
@@ -254,10 +273,13 @@ def replay(engine, rows: list[dict], vocab: int, seed: int,
                 continue
             t0 = time.perf_counter() - start
             k = len(steps)
+            g0 = timer.probe.gc.total if timer.probe is not None else 0.0
             outs = engine.step()
             t1 = time.perf_counter() - start
             for s in steps[k:]:
                 s["start_s"], s["end_s"] = t0, t1
+                if timer.probe is not None:
+                    s["call_gc_s"] = round(timer.probe.gc.total - g0, 6)
             timer.collect()
             for o in outs:
                 rec = recs[o.request_id]
@@ -273,6 +295,10 @@ def replay(engine, rows: list[dict], vocab: int, seed: int,
     finally:
         sched.schedule, sched.update_from_output = orig, orig_update
         timer.close()
+        if gc_freeze:
+            import gc
+
+            gc.unfreeze()
     return list(recs.values()), steps
 
 
@@ -316,6 +342,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="before each trace: one prompt of every step-size class (grid, see "
                          "warmup_sizes) or a single short request (one; the method of runs "
                          "measured before the grid existed)")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="record garbage collection and allocator events inside each launch "
+                         "(gc_s, gc_full, alloc, call_gc_s per step): costs tens of microseconds "
+                         "a step, so not for calibration runs")
+    ap.add_argument("--gc-freeze", action="store_true",
+                    help="gc.freeze() the replay's heap before each timed replay, as a started "
+                         "`vllm serve` does")
     a = ap.parse_args(argv)
 
     import torch
@@ -351,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         for i, n in enumerate(sizes):
             replay(engine, [{"arrival_s": 0, "input_tokens": n, "output_tokens": 2}], vocab, i + 1)
         t = time.perf_counter()
-        reqs, steps = replay(engine, rows, vocab, trace_seed(path), a.hash_block)
+        reqs, steps = replay(engine, rows, vocab, trace_seed(path), a.hash_block,
+                             a.diagnose, a.gc_freeze)
         wall = time.perf_counter() - t
         meta = {
             "gpu": gpu, "vllm": vllm.__version__, "torch": torch.__version__,
@@ -366,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
             "step_timing": "cuda-events" if torch.cuda.is_available() else "wall-clock only",
             "enable_prefix_caching": cfg.cache_config.enable_prefix_caching,
             "hash_block": a.hash_block, "warmup_prompt_tokens": sizes,
+            "diagnose": a.diagnose, "gc_freeze": a.gc_freeze,
             "replay_wall_s": wall, "command": " ".join(sys.argv if argv is None else argv),
         }
         line = write_run(a.out / path.stem, reqs, meta, steps)

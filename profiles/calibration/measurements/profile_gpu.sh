@@ -20,6 +20,9 @@
 #         sweep, sweep-moe (isolated prompts of 16..8192 tokens: single prefill steps on both
 #         sides of the CUDA-graph capture size; Llama-3.1-8B bf16, fp8 and bf16 at
 #         max-num-seqs 64, then Qwen3-30B-A3B), ops (the torch operator micro-profiler)
+#         stalls-32b stalls-14b (diagnostic, not calibration: Qwen2.5-32B at 8 req/s and
+#         Qwen2.5-14B at 20 req/s with --diagnose, garbage collection and allocator events per
+#         launch, then again with --gc-freeze)
 set -euo pipefail
 DEST=$1; shift
 T=profiles/calibration/measurements/traces
@@ -71,6 +74,13 @@ for g in "$@"; do
       $P --model llama-3.1-8b --max-num-seqs 64 --max-num-batched-tokens 2048 \
         --trace $T/prefill-sweep.jsonl --out $DEST/llama8b-bf16-s64-t2048 ;;
     sweep-moe) $P --model qwen3-30b-a3b --trace $T/prefill-sweep.jsonl --out $DEST/qwen3-30b-a3b-bf16 ;;
+    stalls-14b-host) $P --model qwen2.5-14b --diagnose --trace $T/az-r20.jsonl \
+        --out $DEST/diagnose-host/qwen2.5-14b-bf16 ;;
+    stalls-32b-host) $P --model qwen2.5-32b --diagnose --trace $T/az-r8.jsonl \
+        --out $DEST/diagnose-host/qwen2.5-32b-bf16 ;;
+    stalls-32b|stalls-14b) M=qwen2.5-32b; R=az-r8; [ $g = stalls-14b ] && M=qwen2.5-14b && R=az-r20
+      $P --model $M --diagnose --trace $T/$R.jsonl --out $DEST/diagnose/$M-bf16
+      $P --model $M --diagnose --gc-freeze --trace $T/$R.jsonl --out $DEST/diagnose-gc-freeze/$M-bf16 ;;
     ops) O="python3 -m simulator.profiler.operators"
       $O --model llama-3.1-8b --fp8 --out $DEST/ops/llama-3.1-8b
       $O --model qwen3-30b-a3b --out $DEST/ops/qwen3-30b-a3b
