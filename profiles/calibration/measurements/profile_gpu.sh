@@ -22,7 +22,8 @@
 #         max-num-seqs 64, then Qwen3-30B-A3B), ops (the torch operator micro-profiler)
 #         stalls-32b stalls-14b (diagnostic, not calibration: Qwen2.5-32B at 8 req/s and
 #         Qwen2.5-14B at 20 req/s with --diagnose, garbage collection and allocator events per
-#         launch, then again with --gc-freeze)
+#         launch, then again with --gc-freeze), stalls-32b-host stalls-14b-host (the same runs
+#         with the pinned-allocator counters added to --diagnose)
 set -euo pipefail
 DEST=$1; shift
 T=profiles/calibration/measurements/traces
