@@ -338,8 +338,9 @@ def calibrate(
         dirs = [d for d in find_runs(runs) if not any(h in str(d) for h in hold_out or [])]
         if not dirs:
             raise InputError("every run is held out; nothing to fit", field="hold-out")
-        # Refitting starts from the GPU's current profile where one exists, so what it holds
-        # beyond the fitted factors (hand-measured values and their reasons) carries over.
+        # Refitting writes over the GPU's current profile where one exists, so what it holds
+        # beyond the fitted factors (hand-measured values and their reasons) carries over; the
+        # fit itself starts from the datasheet defaults, so its result does not depend on it.
         path = output or output_for(dirs[0])
         base = path if path.exists() else profiles_dir() / "calibration" / "defaults.toml"
         src = load_profile(engine_thread_from) if engine_thread_from is not None else None
