@@ -126,7 +126,7 @@ def run_simulation(cfg: SimulationConfig, requests: list[Request],
     return _finish(cfg, dep, requests, done, rejected, replicas, itl, progress)
 
 
-def _replica(env: simpy.Environment, dep: Deployment, i: int, itl: LogHistogram, sink: list,
+def _replica(env: simpy.Environment | OwnClock, dep: Deployment, i: int, itl: LogHistogram, sink: list,
              sample_every: float, incoming: list[Request] | None = None) -> Replica:
     """One engine of the deployment (one of a pipeline-parallel replica's ``pp``)."""
     return Replica(env, i, dep.roofline, dep.num_kv_blocks // dep.pp, dep.block_size,

@@ -49,6 +49,7 @@ tokens), ``steps.jsonl`` (start, end, decode count and context sum, prefill chun
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import random
@@ -254,8 +255,6 @@ def replay(engine, rows: list[dict], vocab: int, seed: int, hash_block: int = 51
     if gc_freeze:
         # What `vllm serve` does once started (freeze_gc_heap): move everything alive now, the
         # prompts and records built above included, out of the collector's reach.
-        import gc
-
         gc.collect()
         gc.freeze()
     i, n = 0, len(rows)
@@ -296,8 +295,6 @@ def replay(engine, rows: list[dict], vocab: int, seed: int, hash_block: int = 51
         sched.schedule, sched.update_from_output = orig, orig_update
         timer.close()
         if gc_freeze:
-            import gc
-
             gc.unfreeze()
     return list(recs.values()), steps
 
@@ -344,8 +341,8 @@ def main(argv: list[str] | None = None) -> int:
                          "measured before the grid existed)")
     ap.add_argument("--diagnose", action="store_true",
                     help="record garbage collection and allocator events inside each launch "
-                         "(gc_s, gc_full, alloc, call_gc_s per step): costs tens of microseconds "
-                         "a step, so not for calibration runs")
+                         "(gc_s, gc_full, alloc, host_alloc, call_gc_s per step): costs tens of "
+                         "microseconds a step, so not for calibration runs")
     ap.add_argument("--gc-freeze", action="store_true",
                     help="gc.freeze() the replay's heap before each timed replay, as a started "
                          "`vllm serve` does")
