@@ -65,9 +65,12 @@ def test_replay_records_every_request_and_step(tmp_path):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["diagnose"] and meta["gc_freeze"]
     assert meta["model"].endswith("tiny-llama.json") and meta["num_gpu_blocks"] > 0
-    # The warm-up grid ran (one prompt per step-size class up to the batch budget) and none of
-    # its tokens reached the timed record (the token accounting above would break).
+    # The full warm-up ran (one prompt per step-size class up to the batch budget, no stride
+    # sizes under a 512-token budget, and a decode batch of every size up to max-num-seqs)
+    # and none of its tokens reached the timed record (the token accounting above would break).
+    assert meta["warmup"] == "full" and meta["cuda_module_loading"] == "LAZY"
     assert meta["warmup_prompt_tokens"] == [16, 17, 32, 33, 64, 65, 128, 129, 256, 257, 512]
+    assert meta["warmup_ramp_seqs"] == 16
 
 
 @pytest.mark.skipif(PY is None, reason="no Python with vLLM (set PROFILER_PYTHON)")
@@ -220,6 +223,22 @@ def test_operator_profiler_times_the_model_shapes(tmp_path):
     assert ops.count("copy") == 1
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["device"] == "cpu" and meta["gpu_profile"] is None and meta["quick"] is True
+
+
+def test_warmup_stride_and_ramp_cover_eager_row_counts_and_every_batch_size():
+    from simulator.profiler.vllm_replay import ramp_rows, warmup_stride
+
+    stride = warmup_stride(8192, 16384)
+    assert stride[0] == 768 and stride[-1] == 8192 and len(stride) == 30
+    assert max(warmup_stride(8192, 2048)) <= 2040
+    rows = ramp_rows(1024, 2_000_000)
+    # All at once; request k wants k tokens, so the decode batch shrinks by one a step.
+    assert [r["output_tokens"] for r in rows] == list(range(1024, 0, -1))
+    assert {r["arrival_s"] for r in rows} == {0.0}
+    # A small KV cache caps the ramp at four fifths of its tokens.
+    small = ramp_rows(1024, 100_000)
+    used = sum(r["input_tokens"] + r["output_tokens"] for r in small)
+    assert used <= 80_000 < used + 16 + len(small) + 1 and len(small) == 383
 
 
 def test_warmup_covers_every_step_size_class_up_to_the_batch_budget():

@@ -72,12 +72,14 @@ def test_speculation_stops_paying_at_large_batches():
     # Long contexts keep paying at large batch: each step reads the KV cache once for five
     # queries (the regime MagicDec, Chen et al. 2024, describes).
     assert gain(512, 4000) > 1.5
-    # With the engine thread included (H100 host, in-process engine: ~51 us per sequence per
-    # step) a plain step of 512 short sequences is CPU-bound, and speculation, which makes
-    # fewer steps per token, pays again: the GPU roofline alone does not decide it.
-    assert plain.decode_run(512, 512 * 200.0).step_time(0) > 1.2 * plain.decode_run(
-        512, 512 * 200.0).gpu_time(0)
-    assert gain(512, 200, gpu=False) > 1.0
+    # With the engine thread included (H100 profile, in-process engine) a plain step of 768
+    # short sequences, past the 512-token CUDA-graph size, runs eagerly and is bound by the
+    # launch, and speculation, which makes fewer steps per token, pays again: the GPU roofline
+    # alone does not decide it. (At 512 sequences, graphed, the two now nearly tie: 0.97.)
+    assert plain.decode_run(768, 768 * 200.0).step_time(0) > 1.5 * plain.decode_run(
+        768, 768 * 200.0).gpu_time(0)
+    assert gain(768, 200, gpu=False) > 1.3
+    assert gain(768, 200) < 1.0
 
 
 def test_per_request_acceptance_from_the_trace():

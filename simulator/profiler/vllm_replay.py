@@ -32,6 +32,16 @@ batch's ``sample_tokens`` call returned (its kernels are launched), ``harvest_s`
 a reference event recorded, and synchronised on, when the replay starts. Prompts are built
 before the replay, so the replay loop only hands them to the engine.
 
+Kernels: CUDA loads each kernel lazily, at its first launch, and the load waits for the GPU to
+drain (``profiles/calibration/diagnostics/lazy_loading.py`` measures it: a first launch returns
+only after the queued work, 0.2 s of it; a logits GEMM picks a new kernel at 48 of the row counts
+1..512). So a fresh engine's launch stalls for a whole batch whenever a batch's shapes first pick
+a new kernel. A server that has served a while has loaded them all, so the default warm-up
+(``--warmup full``) loads the ones a replay's shapes can pick: a prompt of every step-size class
+and every 256 tokens above the CUDA-graph size, and a decode batch of every size
+(:func:`ramp_rows`). ``--cuda-module-loading EAGER`` would load every kernel at start instead,
+but on the H200 (torch 2.11, CUDA 13) vLLM's engine start did not finish within 9 minutes.
+
 Prompts: a request whose trace row has ``hash_ids`` gets, for each id, a block of
 ``--hash-block`` token ids drawn from a generator seeded by the id, so requests sharing ids share
 real prefix tokens (prefix-cache hits happen where the trace says they would); the rest of the
@@ -317,6 +327,28 @@ def warmup_sizes(max_batched: int, max_len: int) -> list[int]:
     return out
 
 
+def warmup_stride(max_batched: int, max_len: int, cuda_graph_top: int = 512,
+                  stride: int = 256) -> list[int]:
+    """Prompt lengths every ``stride`` tokens above the CUDA-graph capture size: eager steps'
+    GEMMs take the step's token count as rows, and cuBLAS picks its kernel by row count, so a
+    size between two powers of two can pick a kernel no grid step loaded."""
+    top = min(max_batched, max_len - 8)
+    return list(range(cuda_graph_top + stride, top + 1, stride))
+
+
+def ramp_rows(max_seqs: int, kv_tokens: int, prompt: int = 16) -> list[dict]:
+    """Requests that make a decode batch of every size from the largest down to one: all arrive
+    at once and request ``k`` wants ``k`` tokens, so one finishes per step. The logits GEMM and
+    the sampler take the batch's sequence count as rows, and a new count can pick a kernel not yet
+    loaded (see ``main``'s warm-up). As many sequences as fill four fifths of the KV cache."""
+    n, used = 0, 0
+    while n < max_seqs and used + prompt + n + 1 <= 0.8 * kv_tokens:
+        n += 1
+        used += prompt + n
+    return [{"arrival_s": 0.0, "input_tokens": prompt, "output_tokens": k}
+            for k in range(n, 0, -1)]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="llama-3.1-8b")
@@ -335,18 +367,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speculative-config", type=json.loads, default=None,
                     help='JSON, e.g. {"method": "ngram", "num_speculative_tokens": 4}')
     ap.add_argument("--hash-block", type=int, default=512, help="tokens per trace hash id")
-    ap.add_argument("--warmup", choices=("grid", "one"), default="grid",
+    ap.add_argument("--warmup", choices=("full", "grid", "one"), default="full",
                     help="before each trace: one prompt of every step-size class (grid, see "
-                         "warmup_sizes) or a single short request (one; the method of runs "
-                         "measured before the grid existed)")
+                         "warmup_sizes; the method of runs measured 2026-11 to 2026-12-02), "
+                         "that plus a prompt every 256 tokens above the CUDA-graph size and, "
+                         "once per engine, a decode batch of every size (full, see "
+                         "warmup_stride and ramp_rows), or a single short request (one; the "
+                         "method of runs measured before the grid existed)")
     ap.add_argument("--diagnose", action="store_true",
                     help="record garbage collection and allocator events inside each launch "
                          "(gc_s, gc_full, alloc, host_alloc, call_gc_s per step): costs tens of "
                          "microseconds a step, so not for calibration runs")
+    ap.add_argument("--cuda-module-loading", choices=("EAGER", "LAZY"), default="LAZY",
+                    help="CUDA_MODULE_LOADING for the replay: LAZY (CUDA's default) loads a "
+                         "kernel at its first launch, which drains the GPU (hence --warmup "
+                         "full); EAGER loads all at start (vLLM's engine start did not finish "
+                         "in 9 minutes on the H200)")
     ap.add_argument("--gc-freeze", action="store_true",
                     help="gc.freeze() the replay's heap before each timed replay, as a started "
                          "`vllm serve` does")
     a = ap.parse_args(argv)
+    # Must be set before CUDA is initialised (the first torch.cuda call, below).
+    os.environ["CUDA_MODULE_LOADING"] = a.cuda_module_loading
 
     import torch
     import vllm
@@ -376,6 +418,16 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     # Warm-up outside each timed replay, one request at a time so each is its own step size.
     sizes = [64] if a.warmup == "one" else warmup_sizes(a.max_num_batched_tokens, a.max_model_len)
+    ramp: list[dict] = []
+    if a.warmup == "full":
+        sizes = sorted(set(sizes + warmup_stride(a.max_num_batched_tokens, a.max_model_len)))
+        # CUDA loads a kernel at its first launch and drains the GPU to do so (CUDA's lazy
+        # loading; measured in profiles/calibration/measurements/README.md): a fresh engine's
+        # launch then waits a whole batch at each first use. A server that has served a while
+        # has loaded them all; these warm-ups load the ones a replay's shapes can pick.
+        kv = cfg.cache_config.num_gpu_blocks * cfg.cache_config.block_size
+        ramp = ramp_rows(a.max_num_seqs, kv)
+        replay(engine, ramp, vocab, 10_000)
     for path in a.trace:
         rows = load_rows(path)
         for i, n in enumerate(sizes):
@@ -396,8 +448,10 @@ def main(argv: list[str] | None = None) -> int:
             "async_scheduling": getattr(cfg.scheduler_config, "async_scheduling", None),
             "step_timing": "cuda-events" if torch.cuda.is_available() else "wall-clock only",
             "enable_prefix_caching": cfg.cache_config.enable_prefix_caching,
-            "hash_block": a.hash_block, "warmup_prompt_tokens": sizes,
+            "hash_block": a.hash_block, "warmup": a.warmup, "warmup_prompt_tokens": sizes,
+            "warmup_ramp_seqs": len(ramp),
             "diagnose": a.diagnose, "gc_freeze": a.gc_freeze,
+            "cuda_module_loading": os.environ["CUDA_MODULE_LOADING"],
             "replay_wall_s": wall, "command": " ".join(sys.argv if argv is None else argv),
         }
         line = write_run(a.out / path.stem, reqs, meta, steps)
