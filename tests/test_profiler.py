@@ -226,7 +226,7 @@ def test_operator_profiler_times_the_model_shapes(tmp_path):
 
 
 def test_warmup_stride_and_ramp_cover_eager_row_counts_and_every_batch_size():
-    from simulator.profiler.vllm_replay import ramp_rows, warmup_stride
+    from simulator.profiler.warmup import ramp_rows, warmup_stride
 
     stride = warmup_stride(8192, 16384)
     assert stride[0] == 768 and stride[-1] == 8192 and len(stride) == 30
@@ -242,7 +242,7 @@ def test_warmup_stride_and_ramp_cover_eager_row_counts_and_every_batch_size():
 
 
 def test_warmup_covers_every_step_size_class_up_to_the_batch_budget():
-    from simulator.profiler.vllm_replay import warmup_sizes
+    from simulator.profiler.warmup import warmup_sizes
 
     sizes = warmup_sizes(8192, 16384)
     # Powers of two from 16 and their odd neighbours, up to the largest step vLLM may form.

@@ -32,15 +32,11 @@ batch's ``sample_tokens`` call returned (its kernels are launched), ``harvest_s`
 a reference event recorded, and synchronised on, when the replay starts. Prompts are built
 before the replay, so the replay loop only hands them to the engine.
 
-Kernels: CUDA loads each kernel lazily, at its first launch, and the load waits for the GPU to
-drain (``profiles/calibration/diagnostics/lazy_loading.py`` measures it: a first launch returns
-only after the queued work, 0.2 s of it; a logits GEMM picks a new kernel at 48 of the row counts
-1..512). So a fresh engine's launch stalls for a whole batch whenever a batch's shapes first pick
-a new kernel. A server that has served a while has loaded them all, so the default warm-up
-(``--warmup full``) loads the ones a replay's shapes can pick: a prompt of every step-size class
-and every 256 tokens above the CUDA-graph size, and a decode batch of every size
-(:func:`ramp_rows`). ``--cuda-module-loading EAGER`` would load every kernel at start instead,
-but on the H200 (torch 2.11, CUDA 13) vLLM's engine start did not finish within 9 minutes.
+Warm-up (``--warmup``, ``simulator.profiler.warmup``): a fresh engine compiles and loads
+kernels at the first step of each new shape, and CUDA's lazy loading drains the GPU to do so, so
+before each trace the replay runs the shapes it can meet, to measure a server that has served a
+while. ``--cuda-module-loading EAGER`` would load every kernel at start instead, but on the H200
+(torch 2.11, CUDA 13) vLLM's engine start did not finish within 9 minutes.
 
 Prompts: a request whose trace row has ``hash_ids`` gets, for each id, a block of
 ``--hash-block`` token ids drawn from a generator seeded by the id, so requests sharing ids share
@@ -68,6 +64,8 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
+
+from simulator.profiler import warmup
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
@@ -309,46 +307,6 @@ def replay(engine, rows: list[dict], vocab: int, seed: int, hash_block: int = 51
     return list(recs.values()), steps
 
 
-def warmup_sizes(max_batched: int, max_len: int) -> list[int]:
-    """Prompt lengths that make one engine step of every size class before the timed replay.
-
-    Steps above the CUDA-graph capture size run eagerly, and the first step of a new size class
-    compiles kernels on the spot: Triton picks a tile configuration per token-count bucket (vLLM's
-    fused MoE kernel) and specialises integer arguments on divisibility by 16. Measured on
-    Qwen3-30B-A3B before this warm-up existed, those compilations stalled single steps for
-    0.4-1.9 s (a one-off of a fresh server, not of serving), which then dominated the TTFT tails.
-    Powers of two from 16 and their odd neighbours cover every bucket and both specialisations.
-    """
-    top = min(max_batched, max_len - 8)
-    out, n = [], 16
-    while n <= top:
-        out += [n, n + 1] if n + 1 <= top else [n]
-        n *= 2
-    return out
-
-
-def warmup_stride(max_batched: int, max_len: int, cuda_graph_top: int = 512,
-                  stride: int = 256) -> list[int]:
-    """Prompt lengths every ``stride`` tokens above the CUDA-graph capture size: eager steps'
-    GEMMs take the step's token count as rows, and cuBLAS picks its kernel by row count, so a
-    size between two powers of two can pick a kernel no grid step loaded."""
-    top = min(max_batched, max_len - 8)
-    return list(range(cuda_graph_top + stride, top + 1, stride))
-
-
-def ramp_rows(max_seqs: int, kv_tokens: int, prompt: int = 16) -> list[dict]:
-    """Requests that make a decode batch of every size from the largest down to one: all arrive
-    at once and request ``k`` wants ``k`` tokens, so one finishes per step. The logits GEMM and
-    the sampler take the batch's sequence count as rows, and a new count can pick a kernel not yet
-    loaded (see ``main``'s warm-up). As many sequences as fill four fifths of the KV cache."""
-    n, used = 0, 0
-    while n < max_seqs and used + prompt + n + 1 <= 0.8 * kv_tokens:
-        n += 1
-        used += prompt + n
-    return [{"arrival_s": 0.0, "input_tokens": prompt, "output_tokens": k}
-            for k in range(n, 0, -1)]
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="llama-3.1-8b")
@@ -369,11 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hash-block", type=int, default=512, help="tokens per trace hash id")
     ap.add_argument("--warmup", choices=("full", "grid", "one"), default="full",
                     help="before each trace: one prompt of every step-size class (grid, see "
-                         "warmup_sizes; the method of runs measured 2026-11 to 2026-12-02), "
-                         "that plus a prompt every 256 tokens above the CUDA-graph size and, "
-                         "once per engine, a decode batch of every size (full, see "
-                         "warmup_stride and ramp_rows), or a single short request (one; the "
-                         "method of runs measured before the grid existed)")
+                         "simulator.profiler.warmup; the method of runs measured 2026-11 to "
+                         "2026-12-02), that plus a prompt every 256 tokens above the CUDA-graph "
+                         "size and, once per engine, a decode batch of every size (full), or a "
+                         "single short request (one; the method of runs measured before the "
+                         "grid existed)")
     ap.add_argument("--diagnose", action="store_true",
                     help="record garbage collection and allocator events inside each launch "
                          "(gc_s, gc_full, alloc, host_alloc, call_gc_s per step): costs tens of "
@@ -416,17 +374,12 @@ def main(argv: list[str] | None = None) -> int:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     print(f"engine up in {startup:.1f} s on {gpu}; KV blocks {cfg.cache_config.num_gpu_blocks}",
           flush=True)
-    # Warm-up outside each timed replay, one request at a time so each is its own step size.
-    sizes = [64] if a.warmup == "one" else warmup_sizes(a.max_num_batched_tokens, a.max_model_len)
-    ramp: list[dict] = []
-    if a.warmup == "full":
-        sizes = sorted(set(sizes + warmup_stride(a.max_num_batched_tokens, a.max_model_len)))
-        # CUDA loads a kernel at its first launch and drains the GPU to do so (CUDA's lazy
-        # loading; measured in profiles/calibration/measurements/README.md): a fresh engine's
-        # launch then waits a whole batch at each first use. A server that has served a while
-        # has loaded them all; these warm-ups load the ones a replay's shapes can pick.
-        kv = cfg.cache_config.num_gpu_blocks * cfg.cache_config.block_size
-        ramp = ramp_rows(a.max_num_seqs, kv)
+    # Warm-up outside each timed replay (simulator.profiler.warmup): the ramp once per engine,
+    # the prompts before each trace, one request at a time so each is its own step size.
+    sizes, ramp = warmup.plan(a.warmup, a.max_num_batched_tokens, a.max_model_len,
+                              a.max_num_seqs,
+                              cfg.cache_config.num_gpu_blocks * cfg.cache_config.block_size)
+    if ramp:
         replay(engine, ramp, vocab, 10_000)
     for path in a.trace:
         rows = load_rows(path)
