@@ -231,6 +231,9 @@ def test_warmup_stride_and_ramp_cover_eager_row_counts_and_every_batch_size():
     stride = warmup_stride(8192, 16384)
     assert stride[0] == 768 and stride[-1] == 8192 and len(stride) == 30
     assert max(warmup_stride(8192, 2048)) <= 2040
+    # The stride starts above the engine's own capture size: 128 at --max-num-seqs 64, 0 eager.
+    assert warmup_stride(8192, 16384, 128)[:2] == [384, 640]
+    assert warmup_stride(8192, 16384, 0)[0] == 256
     rows = ramp_rows(1024, 2_000_000)
     # All at once; request k wants k tokens, so the decode batch shrinks by one a step.
     assert [r["output_tokens"] for r in rows] == list(range(1024, 0, -1))

@@ -376,9 +376,12 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     # Warm-up outside each timed replay (simulator.profiler.warmup): the ramp once per engine,
     # the prompts before each trace, one request at a time so each is its own step size.
+    graph_top = 0 if a.enforce_eager else (
+        cfg.compilation_config.max_cudagraph_capture_size or 0)
     sizes, ramp = warmup.plan(a.warmup, a.max_num_batched_tokens, a.max_model_len,
                               a.max_num_seqs,
-                              cfg.cache_config.num_gpu_blocks * cfg.cache_config.block_size)
+                              cfg.cache_config.num_gpu_blocks * cfg.cache_config.block_size,
+                              graph_top)
     if ramp:
         replay(engine, ramp, vocab, 10_000)
     for path in a.trace:
@@ -402,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             "step_timing": "cuda-events" if torch.cuda.is_available() else "wall-clock only",
             "enable_prefix_caching": cfg.cache_config.enable_prefix_caching,
             "hash_block": a.hash_block, "warmup": a.warmup, "warmup_prompt_tokens": sizes,
-            "warmup_ramp_seqs": len(ramp),
+            "warmup_ramp_seqs": len(ramp), "cuda_graph_top": graph_top,
             "diagnose": a.diagnose, "gc_freeze": a.gc_freeze,
             "cuda_module_loading": os.environ["CUDA_MODULE_LOADING"],
             "replay_wall_s": wall, "command": " ".join(sys.argv if argv is None else argv),

@@ -13,16 +13,17 @@ sampler take the batch's sequence count (``ramp_rows``).
 from __future__ import annotations
 
 
-def plan(mode: str, max_batched: int, max_len: int, max_seqs: int,
-         kv_tokens: int) -> tuple[list[int], list[dict]]:
+def plan(mode: str, max_batched: int, max_len: int, max_seqs: int, kv_tokens: int,
+         cuda_graph_top: int = 512) -> tuple[list[int], list[dict]]:
     """The warm-up of ``vllm_replay --warmup MODE``: prompt lengths, each replayed as its own
-    step before every trace, and the ramp's requests, replayed once per engine."""
+    step before every trace, and the ramp's requests, replayed once per engine.
+    ``cuda_graph_top`` is the engine's largest CUDA-graph capture size (0 when eager)."""
     if mode == "one":
         return [64], []
     sizes = warmup_sizes(max_batched, max_len)
     if mode == "grid":
         return sizes, []
-    return (sorted(set(sizes + warmup_stride(max_batched, max_len))),
+    return (sorted(set(sizes + warmup_stride(max_batched, max_len, cuda_graph_top))),
             ramp_rows(max_seqs, kv_tokens))
 
 
@@ -53,7 +54,8 @@ def warmup_stride(max_batched: int, max_len: int, cuda_graph_top: int = 512,
                   stride: int = 256) -> list[int]:
     """Prompt lengths every ``stride`` tokens above the CUDA-graph capture size: eager steps'
     GEMMs take the step's token count as rows, and cuBLAS picks its kernel by row count, so a
-    size between two powers of two can pick a kernel no grid step loaded."""
+    size between two powers of two can pick a kernel no grid step loaded. The capture size is
+    the engine's (vLLM's default is min(2 x max_num_seqs, 512); 0 under enforce_eager)."""
     top = _top(max_batched, max_len)
     return list(range(cuda_graph_top + stride, top + 1, stride))
 

@@ -6,8 +6,9 @@
 # Groups: llama-bf16 llama-fp8 llama-small moe big big-bf16 (bf16 32B: H200 only, 64 GB of weights)
 #         mid (Qwen2.5-14B bf16: a second dense 16-bit model, light to past saturation, and its sweep;
 #         re-run 2026-12-03 with vllm_replay's --warmup full, the default since, which loads the
-#         kernels a replay's shapes pick before it starts: the other groups' committed runs used
-#         the grid warm-up and keep CUDA's lazy-loading waits, see the measurements README)
+#         kernels a replay's shapes pick before it starts; timeline, fp8-one-engine, big-bf16
+#         and timeline-moe re-ran with it on 2026-12-03 too; the committed timeline-small runs
+#         used the grid warm-up and keep CUDA's lazy-loading waits, see the measurements README)
 #         spec-l3 spec-l1 (draft Llama-3.2-1B, k=4, vLLM's synthetic rejection sampling at mean
 #         acceptance length 3.0 / 1.0), prefix prefix-off (prefix-heavy synthetic traces with
 #         vLLM's prefix caching on / off), awq (Llama-3.1-8B AWQ W4A16, random 4-bit weights),
