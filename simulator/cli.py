@@ -261,6 +261,9 @@ def validate(
                                                         "holding them")] = None,
     write: Annotated[Path | None, typer.Option(help="write the error table (CSV) here")] = None,
     calibration: Annotated[str | None, typer.Option()] = None,
+    sensitivity: Annotated[bool, typer.Option(
+        help="simulate each run again with GPU work 2% slower and add TTFT/TPOT p50's % change "
+             "per 1% (how far a step-time error moves the run; large past saturation)")] = False,
 ) -> None:
     """Replay measured vLLM runs through the simulator and print the signed % errors."""
     from simulator.paths import profiles_dir
@@ -268,7 +271,7 @@ def validate(
 
     try:
         dirs = find_runs(runs or [profiles_dir() / "calibration" / "measurements"])
-        results = [validate_run(d, calibration) for d in dirs]
+        results = [validate_run(d, calibration, sensitivity) for d in dirs]
         if write:
             write_table(results, write)
     except InputError as e:

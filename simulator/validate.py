@@ -12,11 +12,13 @@ import json
 from pathlib import Path
 
 from simulator.config import EngineArgs, SimulationConfig
+from simulator.deployment import resolve, with_calibration
 from simulator.errors import InputError
 from simulator.gpu import GPU_NAMES
 from simulator.report.data import profiler_summary
 from simulator.request import Request
 from simulator.run import run_simulation
+from simulator.sensitivity import elasticity, slower_gpu
 
 METRICS = ("ttft_s", "tpot_s", "e2e_s")
 PCTS = ("p50", "p90", "p99")
@@ -69,22 +71,34 @@ def load_run(run_dir: Path) -> tuple[SimulationConfig, list[Request], list[dict]
     return cfg, reqs, rows, meta
 
 
-def validate_run(run_dir: Path, calibration: str | None = None) -> dict:
-    """Simulate one measured run; return measured, simulated and signed errors."""
+def validate_run(run_dir: Path, calibration: str | None = None,
+                 sensitivity: bool = False) -> dict:
+    """Simulate one measured run; return measured, simulated and signed errors, and with
+    ``sensitivity`` each metric's elasticity to the GPU's speed (:mod:`simulator.sensitivity`:
+    the run simulated again with GPU work 2% slower)."""
     cfg, reqs, rows, meta = load_run(run_dir)
     if calibration is not None:
         cfg = cfg.model_copy(update={"calibration": calibration})
-    sim = run_simulation(cfg, reqs).summary
+    dep = resolve(cfg)
+    sim = run_simulation(cfg, reqs, deployment=dep).summary
     meas = profiler_summary(rows)[0]
     err = {f"{m}.{p}": sim[m][p] / meas[m][p] - 1 for m in METRICS for p in PCTS}
     err["request_throughput"] = sim["request_throughput"] / meas["request_throughput"] - 1
-    return {"run": f"{run_dir.parent.name}/{run_dir.name}", "measured": meas,
-            "simulated": {k: sim[k] for k in (*METRICS, "request_throughput")},
-            "error": err, "kv_blocks": {"measured": meta["num_gpu_blocks"],
-                                        "simulated": sim["config"]["kv_cache_blocks_per_replica"]}}
+    out = {"run": f"{run_dir.parent.name}/{run_dir.name}", "measured": meas,
+           "simulated": {k: sim[k] for k in (*METRICS, "request_throughput")},
+           "error": err, "kv_blocks": {"measured": meta["num_gpu_blocks"],
+                                       "simulated": sim["config"]["kv_cache_blocks_per_replica"]}}
+    if sensitivity:
+        fresh = load_run(run_dir)[1]  # the first simulation stamped its requests
+        slow = run_simulation(cfg, fresh, deployment=with_calibration(
+            dep, slower_gpu(dep.calibration))).summary
+        out["elasticity"] = elasticity(sim, slow, ("ttft_s", "tpot_s"), ("p50",))
+    return out
 
 
 COLUMNS = ("run", *(f"{m}.{p}" for m in METRICS for p in PCTS), "request_throughput")
+# With --sensitivity: % change of the metric per 1% slower GPU work (not an error: not guarded).
+ELASTICITY = ("ttft_s.p50", "tpot_s.p50")
 
 
 def find_runs(roots: list[Path]) -> list[Path]:
@@ -105,13 +119,19 @@ def find_runs(roots: list[Path]) -> list[Path]:
 
 def write_table(results: list[dict], path: Path) -> None:
     """The error table, signed fractions, one row per run (committed next to the data)."""
-    lines = [",".join(COLUMNS)]
+    extra = all("elasticity" in r for r in results)
+    head = [*COLUMNS, *(f"{c}.elasticity" for c in ELASTICITY)] if extra else COLUMNS
+    lines = [",".join(head)]
     for r in results:
-        lines.append(",".join([r["run"], *(f"{r['error'][c]:+.4f}" for c in COLUMNS[1:])]))
+        cells = [r["run"], *(f"{r['error'][c]:+.4f}" for c in COLUMNS[1:])]
+        if extra:
+            cells += [f"{r['elasticity'].get(c, 0.0):+.3f}" for c in ELASTICITY]
+        lines.append(",".join(cells))
     path.write_text("\n".join(lines) + "\n")
 
 
 def read_table(path: Path) -> dict[str, dict[str, float]]:
+    """``{run: {column: value}}``: the signed errors, and the elasticities where written."""
     rows = path.read_text().splitlines()
     head = rows[0].split(",")
     return {cells[0]: dict(zip(head[1:], map(float, cells[1:]), strict=True))
