@@ -71,6 +71,9 @@ def test_replay_records_every_request_and_step(tmp_path):
     assert meta["warmup"] == "full" and meta["cuda_module_loading"] == "LAZY"
     assert meta["warmup_prompt_tokens"] == [16, 17, 32, 33, 64, 65, 128, 129, 256, 257, 512]
     assert meta["warmup_ramp_seqs"] == 16
+    # The replay clock's zero in Unix time, to line the steps up with a GPU clock log.
+    assert meta["t0_unix"] <= (out / "meta.json").stat().st_mtime
+    assert meta["t0_unix"] >= (out / "meta.json").stat().st_mtime - meta["replay_wall_s"] - 60
 
 
 @pytest.mark.skipif(PY is None, reason="no Python with vLLM (set PROFILER_PYTHON)")

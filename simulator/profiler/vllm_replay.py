@@ -207,7 +207,10 @@ def prompt_ids(row: dict, rng: random.Random, vocab: int, seed: int, hash_block:
 
 
 def replay(engine, rows: list[dict], vocab: int, seed: int, hash_block: int = 512,
-           diagnose: bool = False, gc_freeze: bool = False) -> tuple[list[dict], list[dict]]:
+           diagnose: bool = False, gc_freeze: bool = False
+           ) -> tuple[list[dict], list[dict], float]:
+    """Replay ``rows`` in real time: per-request records, per-batch records, and the Unix time
+    of the replay clock's zero (to line the steps up with a GPU clock log, ``clocks.py``)."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -253,6 +256,7 @@ def replay(engine, rows: list[dict], vocab: int, seed: int, hash_block: int = 51
         return res
 
     start = time.perf_counter()  # the replay's clock: trace arrivals and every timestamp
+    t0_unix = time.time() - (time.perf_counter() - start)
     sched.schedule, sched.update_from_output = schedule, update_from_output
     timer = BatchTimer(core, steps, clock, diagnose)
     recs = {str(i): {"request_id": r.get("request_id", str(i)), "arrival_s": r["arrival_s"],
@@ -304,7 +308,7 @@ def replay(engine, rows: list[dict], vocab: int, seed: int, hash_block: int = 51
         timer.close()
         if gc_freeze:
             gc.unfreeze()
-    return list(recs.values()), steps
+    return list(recs.values()), steps, t0_unix
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -389,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, n in enumerate(sizes):
             replay(engine, [{"arrival_s": 0, "input_tokens": n, "output_tokens": 2}], vocab, i + 1)
         t = time.perf_counter()
-        reqs, steps = replay(engine, rows, vocab, trace_seed(path), a.hash_block,
+        reqs, steps, t0_unix = replay(engine, rows, vocab, trace_seed(path), a.hash_block,
                              a.diagnose, a.gc_freeze)
         wall = time.perf_counter() - t
         meta = {
@@ -408,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
             "warmup_ramp_seqs": len(ramp), "cuda_graph_top": graph_top,
             "diagnose": a.diagnose, "gc_freeze": a.gc_freeze,
             "cuda_module_loading": os.environ["CUDA_MODULE_LOADING"],
-            "replay_wall_s": wall, "command": " ".join(sys.argv if argv is None else argv),
+            "replay_wall_s": wall, "t0_unix": t0_unix,
+            "command": " ".join(sys.argv if argv is None else argv),
         }
         line = write_run(a.out / path.stem, reqs, meta, steps)
         print(f"{path.stem}: {line}, {len(steps)} steps", flush=True)

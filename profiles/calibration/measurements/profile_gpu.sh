@@ -33,6 +33,13 @@ DEST=$1; shift
 T=profiles/calibration/measurements/traces
 P="python3 -m simulator.profiler.vllm_replay"
 for g in "$@"; do
+  # The GPU's clocks and power every 100 ms while the group runs (simulator/profiler/clocks.py
+  # lines them up with the steps); skipped where there is no nvidia-smi.
+  LOG=""
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu \
+      --format=csv,nounits -lms 100 > "$DEST/$g.gpu.csv" 2>&1 & LOG=$!
+  fi
   case $g in
     llama-bf16) $P --model llama-3.1-8b --trace $T/az-r2.jsonl --trace $T/az-r8.jsonl \
         --trace $T/az-r20.jsonl --trace $T/az-r40.jsonl --out $DEST/llama8b-bf16 ;;
@@ -92,4 +99,5 @@ for g in "$@"; do
       $O --model qwen2.5-32b --fp8 --out $DEST/ops/qwen2.5-32b ;;
     *) echo "unknown group $g" >&2; exit 2 ;;
   esac 2>&1 | tee "$DEST/$g.log" | grep -v "^\(INFO\|WARNING\|DEBUG\)" | tail -20
+  [ -n "$LOG" ] && kill "$LOG" 2>/dev/null || true
 done

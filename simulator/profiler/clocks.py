@@ -1,0 +1,121 @@
+"""Line a measured run's steps up with a GPU clock log, to see whether the GPU slowed under load.
+
+    python -m simulator.profiler.clocks RUN_DIR GPU_LOG.csv
+
+Why: the simulator takes one compute rate per GPU, but a GPU at its power limit lowers its SM
+clock, so a step's device time can depend on how hard the GPU worked before it. On the H200 the
+large prefill steps of the loaded runs came out 2% faster in simulation (0.977-0.982 of the
+measured device time for Llama-3.1-8B, Qwen2.5-14B and Qwen2.5-32B bf16), while isolated prompts
+of the same sizes came out 1-6% slower. Past saturation 2% of GPU time moves TTFT p50 by 8-14%
+(``simulate validate --sensitivity``), so this matters.
+
+The log is what ``profile_gpu.sh`` records next to each group when ``nvidia-smi`` exists::
+
+    nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu \
+        --format=csv,nounits -lms 100
+
+Each sample is matched to the step running at its time (``meta.json``'s ``t0_unix`` places the
+replay clock), and the report gives, per step class, the samples' median SM clock and power:
+if the large prefill steps of a loaded run ran at a lower clock than the isolated ones of the
+prefill sweep, the simulator needs a sustained-load clock; if not, the cause is elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import csv
+import json
+import statistics
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from simulator.errors import InputError
+
+
+def read_log(path: Path) -> list[dict]:
+    """The samples of an ``nvidia-smi --format=csv,nounits`` log: Unix time, SM and memory clock
+    (MHz), power (W) and temperature (C); lines that are not samples (a header, an error) skip."""
+    out = []
+    try:
+        rows = list(csv.reader(path.read_text().splitlines()))
+    except OSError as e:
+        raise InputError(f"cannot read the GPU log: {e}", file=str(path)) from None
+    for row in rows:
+        cells = [c.strip() for c in row]
+        if len(cells) < 5:
+            continue
+        try:
+            t = datetime.strptime(cells[0], "%Y/%m/%d %H:%M:%S.%f").timestamp()
+            sm, mem, power, temp = (float(c) for c in cells[1:5])
+        except ValueError:
+            continue  # the header, or a field the driver reports as [N/A]
+        out.append({"t": t, "sm_mhz": sm, "mem_mhz": mem, "power_w": power, "temp_c": temp})
+    if not out:
+        raise InputError("no samples (expected nvidia-smi --format=csv,nounits lines)",
+                         file=str(path))
+    return out
+
+
+def step_class(step: dict, graph_top: int) -> str:
+    """What a step is, for the report: decode-only, or prefill within / above the graph limit
+    and whether it is large (2,048 tokens or more)."""
+    pre = sum(n for n, _ in step["prefill"])
+    if not pre:
+        return "decode"
+    tokens = pre + step["n_decode"]
+    if tokens >= 2048:
+        return "prefill >= 2048 tokens"
+    return "prefill, eager" if tokens > graph_top else "prefill, graphs"
+
+
+def match(run_dir: Path, samples: list[dict]) -> dict[str, list[dict]]:
+    """The samples taken while each class of step ran on the GPU, keyed by class."""
+    try:
+        meta = json.loads((run_dir / "meta.json").read_text())
+        steps = [json.loads(x) for x in (run_dir / "steps.jsonl").read_text().splitlines() if x]
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"not a measured run folder: {e}", file=str(run_dir)) from None
+    t0 = meta.get("t0_unix")
+    if t0 is None:
+        raise InputError("no t0_unix (profiled before 2026-12-03): cannot place the log",
+                         file=str(run_dir / "meta.json"), field="t0_unix")
+    top = meta.get("cuda_graph_top") or 512
+    spans = sorted((t0 + s["gpu_start_s"], t0 + s["gpu_end_s"], step_class(s, top))
+                   for s in steps if s.get("gpu_start_s") is not None and s.get("gpu_end_s"))
+    starts = [a for a, _, _ in spans]
+    out: dict[str, list[dict]] = {}
+    for x in samples:
+        i = bisect.bisect_right(starts, x["t"]) - 1
+        if i >= 0 and x["t"] <= spans[i][1]:
+            out.setdefault(spans[i][2], []).append(x)
+    return out
+
+
+def report(by_class: dict[str, list[dict]]) -> list[str]:
+    lines = [f"{'steps':24s} {'samples':>7s} {'SM MHz':>7s} {'power W':>8s} {'temp C':>6s}"]
+    for k in sorted(by_class):
+        v = by_class[k]
+        lines.append(f"{k:24s} {len(v):7d} {statistics.median(x['sm_mhz'] for x in v):7.0f} "
+                     f"{statistics.median(x['power_w'] for x in v):8.0f} "
+                     f"{statistics.median(x['temp_c'] for x in v):6.0f}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("run", type=Path, help="a measured run folder (meta.json, steps.jsonl)")
+    ap.add_argument("log", type=Path, help="the nvidia-smi log recorded during it")
+    a = ap.parse_args(argv)
+    try:
+        lines = report(match(a.run, read_log(a.log)))
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
