@@ -142,16 +142,18 @@ def validation_table(results: list[dict]) -> Table:
     for m, p in cols:
         t.add_column(f"{m[:-2].upper()} {p}", justify="right")
     t.add_column("req/s", justify="right")
+    from simulator.validate import ELASTICITY  # here: validate pulls in the whole simulator
+
     extra = all("elasticity" in r for r in results)
     if extra:  # --sensitivity: % change per 1% slower GPU work
-        t.add_column("TTFT p50 /1% GPU", justify="right")
-        t.add_column("TPOT p50 /1% GPU", justify="right")
+        for key in ELASTICITY:
+            m, p = key.split(".")
+            t.add_column(f"{m[:-2].upper()} {p} /1% GPU", justify="right")
     for r in results:
         e = r["error"]
         cells = [r["run"], *(f"{e[f'{m}.{p}']:+.1%}" for m, p in cols),
                  f"{e['request_throughput']:+.1%}"]
         if extra:
-            x = r["elasticity"]
-            cells += [f"{x.get('ttft_s.p50', 0.0):.1f}", f"{x.get('tpot_s.p50', 0.0):.1f}"]
+            cells += [f"{r['elasticity'].get(key, 0.0):.1f}" for key in ELASTICITY]
         t.add_row(*cells)
     return t

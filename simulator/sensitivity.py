@@ -39,8 +39,13 @@ def slower_gpu(cal: CalibrationProfile, by: float = PROBE) -> CalibrationProfile
                                   "overhead": ovh.model_copy(update=fixed)})
 
 
-def elasticity(base: dict, slow: dict, metrics: tuple[str, ...], pcts: tuple[str, ...],
+def elasticity(base: dict, slow: dict, keys: tuple[str, ...],
                by: float = PROBE) -> dict[str, float]:
-    """Percent change of each metric per percent of slower GPU work, from two run summaries."""
-    return {f"{m}.{p}": (slow[m][p] / base[m][p] - 1) / by for m in metrics for p in pcts
-            if base[m][p]}
+    """Percent change of each ``metric.pct`` key per percent of slower GPU work, from two run
+    summaries."""
+    out = {}
+    for key in keys:
+        m, p = key.split(".")
+        if base[m][p]:
+            out[key] = (slow[m][p] / base[m][p] - 1) / by
+    return out

@@ -22,6 +22,8 @@ from simulator.sensitivity import elasticity, slower_gpu
 
 METRICS = ("ttft_s", "tpot_s", "e2e_s")
 PCTS = ("p50", "p90", "p99")
+# With --sensitivity: % change of the metric per 1% slower GPU work (not an error: not guarded).
+ELASTICITY = ("ttft_s.p50", "tpot_s.p50")
 
 
 def run_meta(run_dir: Path) -> tuple[dict, str]:
@@ -92,13 +94,11 @@ def validate_run(run_dir: Path, calibration: str | None = None,
         fresh = load_run(run_dir)[1]  # the first simulation stamped its requests
         slow = run_simulation(cfg, fresh, deployment=with_calibration(
             dep, slower_gpu(dep.calibration))).summary
-        out["elasticity"] = elasticity(sim, slow, ("ttft_s", "tpot_s"), ("p50",))
+        out["elasticity"] = elasticity(sim, slow, ELASTICITY)
     return out
 
 
 COLUMNS = ("run", *(f"{m}.{p}" for m in METRICS for p in PCTS), "request_throughput")
-# With --sensitivity: % change of the metric per 1% slower GPU work (not an error: not guarded).
-ELASTICITY = ("ttft_s.p50", "tpot_s.p50")
 
 
 def find_runs(roots: list[Path]) -> list[Path]:

@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 
 from simulator.errors import InputError
+from simulator.measured_steps import read_records
 
 
 def read_log(path: Path) -> list[dict]:
@@ -74,9 +75,9 @@ def match(run_dir: Path, samples: list[dict]) -> dict[str, list[dict]]:
     """The samples taken while each class of step ran on the GPU, keyed by class."""
     try:
         meta = json.loads((run_dir / "meta.json").read_text())
-        steps = [json.loads(x) for x in (run_dir / "steps.jsonl").read_text().splitlines() if x]
     except (OSError, json.JSONDecodeError) as e:
         raise InputError(f"not a measured run folder: {e}", file=str(run_dir)) from None
+    steps = read_records(run_dir)
     t0 = meta.get("t0_unix")
     if t0 is None:
         raise InputError("no t0_unix (profiled before 2026-12-03): cannot place the log",
