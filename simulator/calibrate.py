@@ -21,7 +21,6 @@ models, runs, command). The simulator then picks it for that GPU and says so in 
 
 from __future__ import annotations
 
-import bisect
 import json
 import math
 import re
@@ -29,15 +28,15 @@ import time
 from pathlib import Path
 
 from simulator.cost.calibration import CalibrationProfile, load_profile
+from simulator.cost.power import Heat, slowdown
 from simulator.deployment import resolve, with_calibration
 from simulator.engine_loop import place
 from simulator.engine_thread import RunShape, measure
 from simulator.errors import InputError
 from simulator.gpu import parse_deployment
+from simulator.measured_costs import alone_requests, draft_pass_time, front_end_latency
 from simulator.measured_steps import read_records, read_steps
 from simulator.paths import profiles_dir
-from simulator.request import Request
-from simulator.run import run_simulation
 from simulator.validate import load_run, run_meta
 
 # Nothing streams HBM faster than a device-to-device copy: 0.89 of the datasheet bandwidth on
@@ -57,6 +56,7 @@ PARAMS = (
     ("efficiency", "moe_gemm", 0.05, 1.0),
     ("efficiency", "gemm_roofline_p", 1.0, 30.0),  # 1: compute and memory times add up
     ("efficiency", "gemm_compute_decay", 0.0, 0.5),
+    ("efficiency", "power_slowdown", 0.0, 1.0),
     ("overhead", "step_s", 0.0, 0.02),
     ("overhead", "per_seq_s", 0.0, 1e-4),
     ("overhead", "prefill_step_s", 0.0, 0.02),
@@ -90,12 +90,22 @@ class Sample:
         records = read_records(run_dir)
         self.alone = alone_requests(run_dir, records)
         # The first steps of a replay include one-off warm-up (allocator, first shapes).
-        steps = [s for s in read_steps(run_dir, records)[5:] if s.tokens]
+        every = read_steps(run_dir, records)
+        steps = [s for s in every[5:] if s.tokens]
         if not steps:
             raise InputError("no steps with device times (gpu_s); re-profile with CUDA events",
                              file=str(run_dir / "steps.jsonl"), field="gpu_s")
         stride = max(1, len(steps) // per_run)
         self.steps = steps[::stride]
+        # The GPU's compute load when each sampled step began, from the measured timeline
+        # (simulator.cost.power): FLOPs are counts, the same under every profile.
+        heat, at = Heat(rf.gpu.peak_flops(rf.prec.gemm_dtype)), {}
+        for st in every:
+            at[id(st)] = heat.at(st.gpu_start)
+            if st.gpu_s and st.tokens:
+                c = rf.step(st.n_decode, st.decode_ctx, st.prefill, st.n_decode + len(st.prefill))
+                heat.add(st.gpu_start + st.gpu_s, st.gpu_s, c.flops)
+        self.heat = [at[id(st)] for st in self.steps]
         self.timeline = any(st.launched is not None for st in steps)
         self.shape = RunShape(steps, rf.layers, rf.moe_layers, rf.graph_max_tokens, self.fp8,
                               meta["model"])
@@ -106,8 +116,10 @@ class Sample:
         where not), up to the end of its launch."""
         rf = with_calibration(self.dep, cal).roofline
         dev, call, launch = [], [], []
-        for st in self.steps:
+        for st, h in zip(self.steps, self.heat, strict=True):
             c = rf.step(st.n_decode, st.decode_ctx, st.prefill, st.n_decode + len(st.prefill))
+            if st.prefill and rf.power_k:
+                c = c._replace(time_s=c.time_s * slowdown(rf.power_k, h))
             pl = place(st.gpu_free, st.call_start, c, rf.output_time(st.prev_seqs),
                        in_flight=st.in_flight, async_sched=rf.async_sched)
             dev.append(math.log(max(pl.end - st.gpu_start, 1e-6) / st.gpu_s))
@@ -125,76 +137,6 @@ class Sample:
     def log_errors(self, cal: CalibrationProfile) -> list[float]:
         """log(simulated / measured) device time per sampled step."""
         return self.errors(cal)[0]
-
-
-def alone_requests(run_dir: Path, records: list[dict] | None = None) -> list[dict]:
-    """Requests served alone: no other request in flight between their arrival and finish,
-    prompt prefilled in one step, no cache hit. What they wait beyond the simulated engine
-    loop is the front end's latency.
-
-    Linear in the run's size after sorting: a request is alone when every earlier arrival has
-    finished before it arrives and the next arrival comes after it finishes. ``records``: the
-    run's per-call records, if already read (:func:`~simulator.measured_steps.read_records`)."""
-    reqs = [json.loads(x) for x in (run_dir / "requests.jsonl").read_text().splitlines() if x]
-    steps = sorted(read_records(run_dir) if records is None else records,
-                   key=lambda s: s["start_s"])
-    starts = [s["start_s"] for s in steps]
-    spans = sorted((r["arrival_s"], r["finish_s"], i) for i, r in enumerate(reqs)
-                   if r["finish_s"] is not None)
-    out, latest = [], -math.inf  # latest finish among earlier arrivals
-    for j, (a, f, i) in enumerate(spans):
-        alone = latest <= a and (j + 1 == len(spans) or spans[j + 1][0] >= f)
-        latest = max(latest, f)
-        r, t = reqs[i], reqs[i]["first_token_s"]
-        if not alone or t is None or r.get("cached_tokens"):
-            continue
-        lo, hi = bisect.bisect_left(starts, a), bisect.bisect_right(starts, t)
-        pre = [s for s in steps[lo:hi] if s["gpu_s"] and not s["n_decode"]
-               and s["prefill"] == [[r["input_tokens"], 0]]]
-        if len(pre) == 1:
-            out.append(r)
-    return out
-
-
-def draft_pass_time(run_dirs: list[Path], cal: CalibrationProfile) -> tuple[float, int] | None:
-    """Per draft layer per draft pass (vLLM launches a draft model's k passes layer by layer,
-    launch-bound at small batch): on the decode-only steps of draft-model speculative runs,
-    (device time - the wait for the first kernel - the rest of the step's GPU work) / (k x draft
-    layers); the median of the runs' medians, and the steps used. None without such runs."""
-    import statistics
-
-    medians, n = [], 0
-    for d in run_dirs:
-        cfg, _, _, _ = load_run(d)
-        rf = with_calibration(resolve(cfg.model_copy(update={"calibration": "none"})), cal).roofline
-        sp = rf.spec
-        if sp is None or sp.draft is None:
-            continue
-        per = sp.k * sp.draft.layers
-        vals = [(st.gpu_s - rf.first_kernel(st.n_decode)
-                 - (rf.step(st.n_decode, st.decode_ctx, [], st.n_decode).time_s
-                    - per * cal.overhead.draft_layer_pass_s)) / per
-                for st in read_steps(d)[5:] if st.n_decode and not st.prefill]
-        if vals:
-            medians.append(statistics.median(vals))
-            n += len(vals)
-    return (max(statistics.median(medians), 0.0), n) if medians else None
-
-
-def front_end_latency(samples: list[Sample], cal: CalibrationProfile) -> tuple[float | None, int]:
-    """Median of measured minus simulated TTFT over the requests served alone (each simulated
-    alone under ``cal`` with no front-end latency), and their number; None under 5."""
-    cal0 = cal.model_copy(update={"overhead": cal.overhead.model_copy(
-        update={"request_latency_s": 0.0})})
-    gaps = []
-    for s in samples:
-        dep = with_calibration(s.dep, cal0)
-        for r in s.alone:
-            sim = run_simulation(s.cfg, [Request("x", 0.0, r["input_tokens"], r["output_tokens"])],
-                                 deployment=dep).requests[0]
-            gaps.append(r["first_token_s"] - r["arrival_s"] - sim.ttft)
-    gaps.sort()
-    return (max(gaps[len(gaps) // 2], 0.0) if len(gaps) >= 5 else None), len(gaps)
 
 
 def _with(base: dict, names: list[tuple[str, str]], x,
@@ -259,7 +201,8 @@ def fit(run_dirs: list[Path], base: CalibrationProfile, per_run: int = STEPS_PER
     origin = load_profile(profiles_dir() / "calibration" / "defaults.toml").model_dump(
         exclude={"path"})
     # A launch time of 0 has no gradient where it never binds: start it where it binds sometimes.
-    start = {"gemm_roofline_p": 4.0, "gemm_compute_decay": 0.02, "eager_layer_s": 1e-3,
+    start = {"gemm_roofline_p": 4.0, "gemm_compute_decay": 0.02, "power_slowdown": 0.05,
+             "eager_layer_s": 1e-3,
              "eager_moe_layer_s": 1e-4,
              "prefill_step_fp8_s": 1e-3, "moe_layer_s": 1e-5, "cpu_step_s": 1e-3,
              "piecewise_layer_s": 3e-4, "output_s": 1e-3, "cpu_seq_s": 1e-6, "output_seq_s": 1e-6}

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import simpy
 
+from simulator.cost.power import Heat, slowdown
 from simulator.cost.roofline import Roofline
 from simulator.engine_loop import hidden_emit, place
 from simulator.metrics import LogHistogram, ReplicaStats
@@ -90,6 +91,8 @@ class Replica:
         self.pending: Pending | None = None
         self.last_emit = 0.0
         self.restart = True  # the engine idles: the next call starts when a request comes
+        # The GPU's recent compute load, which slows prefill steps at its power cap.
+        self.heat = Heat(roofline.gpu.peak_flops(roofline.prec.gemm_dtype)) if roofline.power_k else None
         self.proc = env.process(self._run())
 
     # --- called by a live router ---------------------------------------------------------------
@@ -232,8 +235,13 @@ class Replica:
                 prefills = [(n, r.computed) for r, n in step.chunks]
                 cost = rf.step(step.n_decode, step.decode_ctx, prefills,
                                step.n_decode + len(prefills))
+                heat = self.heat
+                if heat is not None and prefills:
+                    cost = cost._replace(time_s=cost.time_s * slowdown(rf.power_k, heat.at(now)))
                 dur = self._launch(now, cost) - now
                 occupancy = s.running + len(s.waiting)
+                if heat is not None:
+                    heat.add(now + dur, cost.time_s, cost.flops)
                 yield env.timeout(dur)
                 self._finish_general(step, cost, dur, len(prefills), used0, peak, occupancy)
                 continue
@@ -324,6 +332,8 @@ class Replica:
             self.cpu_free = end - last_gpu + out
         self._ended(end, out, b, done[n0:] if len(done) > n0 else [])
         flops, hbm = run.work(m)
+        if self.heat is not None:
+            self.heat.add(end, dur, flops)
         kv = s.kv
         self.stats.add(dur, m, b * m, flops, hbm, used0, kv.used, peak, kv.total, occupancy)
 

@@ -4,9 +4,9 @@ A step-time error does not stay a step-time error. Past saturation the queue int
 every request waits behind the prefill work of all requests queued ahead of it, so a 2% error
 in that work becomes a 2% error in a wait that can be several times the request's own service
 time. On the committed H200 runs (``simulate validate --sensitivity``, the elasticities in
-``validation.csv``), 2% slower GPU work raises TTFT p50 by 8-14% on the runs past saturation
-(Llama-3.1-8B at 20 and 40 req/s, Qwen2.5-14B at 20, Qwen2.5-32B at 8) and by at most 5% at
-light load, where a step boundary moving across an arrival can even lower it. The elasticity
+``validation.csv``), 2% slower GPU work raises TTFT p50 by 7-12% on the runs past saturation
+(Llama-3.1-8B at 20 and 40 req/s, FP8 at 40, Qwen2.5-14B at 20, Qwen2.5-32B at 8) and by at
+most 5% at light load, where a step boundary moving across an arrival can even lower it. The elasticity
 says how closely a run's step times must match for its latency targets to be reachable at all,
 and how far a capacity plan near saturation can be trusted.
 

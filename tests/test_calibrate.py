@@ -8,8 +8,9 @@ import tomllib
 
 import pytest
 
-from simulator.calibrate import Sample, alone_requests, front_end_latency
+from simulator.calibrate import Sample
 from simulator.cost.calibration import load_profile, select_profile
+from simulator.measured_costs import alone_requests, front_end_latency
 from simulator.paths import profiles_dir
 from simulator.validate import find_runs
 from tests.conftest import ROOT

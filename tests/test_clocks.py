@@ -27,14 +27,16 @@ def _run(tmp_path, with_t0=True):
     return d
 
 
-def _log(tmp_path, clock):
-    """An nvidia-smi csv log sampled every 100 ms over 0-3 s; SM clock ``clock(t)``."""
+def _log(tmp_path, clock, mask=None):
+    """An nvidia-smi csv log sampled every 100 ms over 0-3 s; SM clock ``clock(t)`` and, with
+    ``mask``, the clock-event bit mask ``mask(t)`` as a sixth column."""
     lines = ["timestamp, clocks.current.sm [MHz], clocks.current.memory [MHz], "
-             "power.draw [W], temperature.gpu"]
+             "power.draw [W], temperature.gpu" + (", clocks_event_reasons.active" if mask else "")]
     for i in range(30):
         t = i / 10 + 0.05
         stamp = datetime.fromtimestamp(T0 + t).strftime("%Y/%m/%d %H:%M:%S.%f")[:-3]
-        lines.append(f"{stamp}, {clock(t):.0f}, 3201, {300 + 100 * t:.1f}, 55")
+        extra = f", 0x{mask(t):016X}" if mask else ""
+        lines.append(f"{stamp}, {clock(t):.0f}, 3201, {300 + 100 * t:.1f}, 55{extra}")
     lines.append("[N/A], [N/A], [N/A], [N/A], [N/A]")
     p = tmp_path / "gpu.csv"
     p.write_text("\n".join(lines) + "\n")
@@ -66,3 +68,16 @@ def test_a_run_without_its_clock_zero_or_a_log_without_samples_is_refused(tmp_pa
     with pytest.raises(InputError, match="no samples"):
         read_log(bad)
     assert main([str(tmp_path / "run"), str(bad)]) == 2
+
+
+def test_the_clock_event_mask_gives_the_share_of_power_capped_samples(tmp_path):
+    # Power-capped (0x4) for the second half of the large prefill (1.5-2 s), idle (0x1) during
+    # decode, a thermal slowdown (0x20) in the small prefill.
+    log = _log(tmp_path, lambda t: 1980, lambda t: 0x4 if 1.5 < t < 2 else 0x20 if t > 2 else 0x1)
+    by = match(_run(tmp_path), read_log(log))
+    rows = {r.split()[0]: r.split() for r in report(by)[1:]}
+    assert report(by)[0].split()[-4:] == ["capped", "%", "slowed", "%"]
+    big = next(r for r in report(by) if r.startswith("prefill >= 2048")).split()
+    small = next(r for r in report(by) if r.startswith("prefill, graphs")).split()
+    assert big[-2:] == ["50", "0"] and small[-2:] == ["0", "100"]
+    assert rows["decode"][-2:] == ["0", "0"]

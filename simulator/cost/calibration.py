@@ -50,6 +50,9 @@ class Efficiency(BaseModel):
     # in registers) and achieved bandwidth streaming the 4-bit weights.
     w4a16_compute: float | None = Field(default=None, gt=0, le=2)
     w4a16_stream: float | None = Field(default=None, gt=0, le=2)
+    # The power cap: a step holding prefill takes 1 + this x the GPU's recent compute load
+    # (simulator.cost.power). Fitted on the measured timeline; None: no slowdown.
+    power_slowdown: float | None = Field(default=None, ge=0, le=1)
 
 
 class Overhead(BaseModel):

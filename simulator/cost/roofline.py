@@ -108,6 +108,11 @@ class Roofline(FixedCosts):
         # Decodes batched with prefill run in the same varlen attention kernel as the prompts.
         self.rm_attn_mix = bw * (e.attn_mixed_decode_memory or e.attn_decode_memory)
         self.rm_elem = bw * e.elementwise_memory
+        # Prefill steps slow with the GPU's recent compute load (simulator.cost.power). A fit
+        # that finds none stops at its bound, 0, within rounding (the H100's: 3e-15); below 1e-9
+        # it moves no step by a nanosecond, and the replica then skips tracking the load.
+        k = e.power_slowdown or 0.0
+        self.power_k = k if k > 1e-9 else 0.0
         link_gbs, self.link_name = gpu.interconnect_gbs()
         # A ring all-reduce moves 2(tp-1)/tp of the message out of each GPU, one direction.
         self.rn = link_gbs / 2 * 1e9 * e.comm_bus

@@ -11,8 +11,11 @@ of the same sizes came out 1-6% slower. Past saturation 2% of GPU time moves TTF
 
 The log is what ``profile_gpu.sh`` records next to each group when ``nvidia-smi`` exists::
 
-    nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu \
-        --format=csv,nounits -lms 100
+    nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu[,\
+        clocks_event_reasons.active] --format=csv,nounits -lms 100
+
+(the last field where the driver knows it: a bit mask of why the clock is held down, whose bit
+0x4 is the software power cap and 0x8, 0x20, 0x40, 0x80 the hardware and thermal slowdowns).
 
 Each sample is matched to the step running at its time (``meta.json``'s ``t0_unix`` places the
 replay clock), and the report gives, per step class, the samples' median SM clock and power:
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
 import csv
 import json
 import statistics
@@ -37,7 +41,8 @@ from simulator.measured_steps import read_records
 
 def read_log(path: Path) -> list[dict]:
     """The samples of an ``nvidia-smi --format=csv,nounits`` log: Unix time, SM and memory clock
-    (MHz), power (W) and temperature (C); lines that are not samples (a header, an error) skip."""
+    (MHz), power (W), temperature (C) and, where logged, the clock-event bit mask; lines that are
+    not samples (a header, an error) skip."""
     out = []
     try:
         rows = list(csv.reader(path.read_text().splitlines()))
@@ -52,7 +57,11 @@ def read_log(path: Path) -> list[dict]:
             sm, mem, power, temp = (float(c) for c in cells[1:5])
         except ValueError:
             continue  # the header, or a field the driver reports as [N/A]
-        out.append({"t": t, "sm_mhz": sm, "mem_mhz": mem, "power_w": power, "temp_c": temp})
+        x = {"t": t, "sm_mhz": sm, "mem_mhz": mem, "power_w": power, "temp_c": temp}
+        if len(cells) > 5:
+            with contextlib.suppress(ValueError):  # [N/A] or [Not Supported]: no mask
+                x["reasons"] = int(cells[5], 16)
+        out.append(x)
     if not out:
         raise InputError("no samples (expected nvidia-smi --format=csv,nounits lines)",
                          file=str(path))
@@ -94,13 +103,26 @@ def match(run_dir: Path, samples: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
+POWER_CAP = 0x4  # nvidia-smi's clocks_event_reasons: software power cap
+SLOWDOWN = 0x8 | 0x20 | 0x40 | 0x80  # hardware, thermal and power-brake slowdowns
+
+
 def report(by_class: dict[str, list[dict]]) -> list[str]:
-    lines = [f"{'steps':24s} {'samples':>7s} {'SM MHz':>7s} {'power W':>8s} {'temp C':>6s}"]
+    """Per step class: samples, median SM clock, power, temperature, and where the log has the
+    clock-event mask, the share of samples held down by the power cap or by a slowdown."""
+    masks = any("reasons" in x for v in by_class.values() for x in v)
+    head = f"{'steps':24s} {'samples':>7s} {'SM MHz':>7s} {'power W':>8s} {'temp C':>6s}"
+    lines = [head + (f" {'capped %':>8s} {'slowed %':>8s}" if masks else "")]
     for k in sorted(by_class):
         v = by_class[k]
-        lines.append(f"{k:24s} {len(v):7d} {statistics.median(x['sm_mhz'] for x in v):7.0f} "
-                     f"{statistics.median(x['power_w'] for x in v):8.0f} "
-                     f"{statistics.median(x['temp_c'] for x in v):6.0f}")
+        row = (f"{k:24s} {len(v):7d} {statistics.median(x['sm_mhz'] for x in v):7.0f} "
+               f"{statistics.median(x['power_w'] for x in v):8.0f} "
+               f"{statistics.median(x['temp_c'] for x in v):6.0f}")
+        if masks:
+            r = [x["reasons"] for x in v if "reasons" in x]
+            row += "".join(f" {100 * sum(1 for m in r if m & b) / len(r):8.0f}" if r
+                           else f" {'-':>8s}" for b in (POWER_CAP, SLOWDOWN))
+        lines.append(row)
     return lines
 
 

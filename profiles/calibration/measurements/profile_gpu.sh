@@ -7,8 +7,9 @@
 #         mid (Qwen2.5-14B bf16: a second dense 16-bit model, light to past saturation, and its sweep;
 #         re-run 2026-12-03 with vllm_replay's --warmup full, the default since, which loads the
 #         kernels a replay's shapes pick before it starts; timeline, fp8-one-engine, big-bf16
-#         and timeline-moe re-ran with it on 2026-12-03 too; the committed timeline-small runs
-#         used the grid warm-up and keep CUDA's lazy-loading waits, see the measurements README)
+#         and timeline-moe re-ran with it on 2026-12-03 too, timeline-small later that day;
+#         timeline and big-bf16 then ran again on a second H200 host, committed as
+#         llama8b-bf16-repeat and qwen2.5-32b-bf16-repeat, see the measurements README)
 #         spec-l3 spec-l1 (draft Llama-3.2-1B, k=4, vLLM's synthetic rejection sampling at mean
 #         acceptance length 3.0 / 1.0), prefix prefix-off (prefix-heavy synthetic traces with
 #         vLLM's prefix caching on / off), awq (Llama-3.1-8B AWQ W4A16, random 4-bit weights),
@@ -35,10 +36,16 @@ P="python3 -m simulator.profiler.vllm_replay"
 for g in "$@"; do
   # The GPU's clocks and power every 100 ms while the group runs (simulator/profiler/clocks.py
   # lines them up with the steps); skipped where there is no nvidia-smi.
+  # The clock-event mask (why the clock is held down) where the driver knows the field, and the
+  # GPU's power limits and clock targets once per group.
   LOG=""
   if command -v nvidia-smi >/dev/null; then
-    nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu \
-      --format=csv,nounits -lms 100 > "$DEST/$g.gpu.csv" 2>&1 & LOG=$!
+    Q=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu
+    for R in clocks_event_reasons.active clocks_throttle_reasons.active; do
+      nvidia-smi --query-gpu=$Q,$R --format=csv,nounits >/dev/null 2>&1 && Q=$Q,$R && break
+    done
+    nvidia-smi -q -d POWER,CLOCK,PERFORMANCE > "$DEST/$g.gpu-info.txt" 2>&1 || true
+    nvidia-smi --query-gpu=$Q --format=csv,nounits -lms 100 > "$DEST/$g.gpu.csv" 2>&1 & LOG=$!
   fi
   case $g in
     llama-bf16) $P --model llama-3.1-8b --trace $T/az-r2.jsonl --trace $T/az-r8.jsonl \
