@@ -111,7 +111,8 @@ class ReplicaStats:
     """Counters one replica accumulates; summed or averaged across replicas at the end."""
 
     __slots__ = ("steps", "seq_steps", "flops", "hbm_bytes", "busy_s", "kv_integral",
-                 "kv_peak_blocks", "samples", "occupancy_integral", "prefill_tokens")
+                 "kv_peak_blocks", "samples", "occupancy_integral", "prefill_tokens",
+                 "prefill_gpu_s", "power_added_s")
 
     def __init__(self) -> None:
         self.steps = 0
@@ -124,6 +125,9 @@ class ReplicaStats:
         # sum of (requests waiting + running) x seconds, for the mean requests in system
         self.occupancy_integral = 0.0
         self.prefill_tokens = 0  # prompt (and recomputed) tokens prefilled, cache hits excluded
+        # GPU time of steps holding prefill, and the part the power cap added (cost/power.py)
+        self.prefill_gpu_s = 0.0
+        self.power_added_s = 0.0
         # (t, queued, running, kv util, preemptions so far)
         self.samples: list[tuple[float, int, int, float, int]] = []
 

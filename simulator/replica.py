@@ -237,7 +237,11 @@ class Replica:
                                step.n_decode + len(prefills))
                 heat = self.heat
                 if heat is not None and prefills:
-                    cost = cost._replace(time_s=cost.time_s * slowdown(rf.power_k, heat.at(now)))
+                    f = slowdown(rf.power_k, heat.at(now))
+                    self.stats.power_added_s += cost.time_s * (f - 1)
+                    cost = cost._replace(time_s=cost.time_s * f)
+                if prefills:
+                    self.stats.prefill_gpu_s += cost.time_s
                 dur = self._launch(now, cost) - now
                 occupancy = s.running + len(s.waiting)
                 if heat is not None:

@@ -44,6 +44,10 @@ def summary_table(s: dict) -> Group:
                              f"{s['kv_cache_utilization']['mean']:.1%}, peak "
                              f"{s['kv_cache_utilization']['peak']:.1%}"),
         ("MFU / MBU", f"{s['mfu']:.1%} / {s['mbu']:.1%}"),
+        *([("power cap", f"prefill GPU time +{pc['prefill_share']:.1%} at the power cap "
+                         f"(slowdown {pc['slowdown']:.3f} x load)")]
+          if (pc := s.get("power_cap")) and pc["slowdown"] and pc["prefill_share"] is not None
+          else []),
         ("cost", f"${s['cost_usd']:,.2f} for {s['gpu_hours']:,.2f} GPU-hours at "
                  f"${s['cost_per_hour_usd']:.2f}/h; "
                  + ("-" if cpm is None else f"${cpm:.3f} per 1M output tokens")),

@@ -267,6 +267,7 @@ def summarize(cfg: SimulationConfig, dep: Deployment, requests: list[Request],
         "prefill_tokens": sum(s.prefill_tokens for s in stats),
         "mfu": flops / (peak_flops * duration),
         "mbu": hbm / (dep.gpu.memory_bandwidth * gpus * duration),
+        "power_cap": _power_summary(dep, stats),
         "gpu_hours": gpu_hours,
         "cost_usd": cost,
         "cost_per_hour_usd": dep.num_gpus * dep.gpu_cost_per_hour,
@@ -278,6 +279,15 @@ def summarize(cfg: SimulationConfig, dep: Deployment, requests: list[Request],
         "config": {**dep.describe(), "engine_args": cfg.engine.model_dump(),
                    "slo": slos},
     }
+
+
+def _power_summary(dep: Deployment, stats: list) -> dict:
+    """The power cap's slowdown (simulator.cost.power): its factor, and how much GPU time it
+    added to the steps holding prefill (their share, None without such steps)."""
+    pre = sum(s.prefill_gpu_s for s in stats)
+    added = sum(s.power_added_s for s in stats)
+    return {"slowdown": dep.roofline.power_k, "added_gpu_s": added,
+            "prefill_share": added / (pre - added) if pre > added else None}
 
 
 def _prefix_summary(dep: Deployment, replicas: list[Replica]) -> dict:

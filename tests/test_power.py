@@ -57,6 +57,12 @@ def test_prefill_slows_under_sustained_load_but_not_on_a_cold_gpu(tmp_path):
     assert first[0].first_token_t == first[1].first_token_t
     ttft = {k: sorted(r.first_token_t - r.arrival for r in v.requests)[len(v.requests) // 2]
             for k, v in out.items()}
+    # The summary says what the cap added: nothing at k = 0; at 0.3, a share of the prefill
+    # steps' GPU time between 0 and 0.3 x the highest load (bf16: below 1).
+    off, on = out[0.0].summary["power_cap"], out[0.3].summary["power_cap"]
+    assert off["slowdown"] == 0.0 and off["added_gpu_s"] == 0.0 and off["prefill_share"] == 0.0
+    assert on["slowdown"] == 0.3 and 0.03 < on["prefill_share"] < 0.3
+    assert on["added_gpu_s"] > 1.0  # seconds, over a 40-second run past saturation
     # Prefill at most 1 + 0.3 x load slower (the load stays below 1 for bf16): TTFT p50 rises,
     # by more than the steps themselves (the queue integrates them).
     assert ttft[0.3] > 1.05 * ttft[0.0]
