@@ -18,9 +18,10 @@ The log is what ``profile_gpu.sh`` records next to each group when ``nvidia-smi`
 0x4 is the software power cap and 0x8, 0x20, 0x40, 0x80 the hardware and thermal slowdowns).
 
 Each sample is matched to the step running at its time (``meta.json``'s ``t0_unix`` places the
-replay clock), and the report gives, per step class, the samples' median SM clock and power:
-if the large prefill steps of a loaded run ran at a lower clock than the isolated ones of the
-prefill sweep, the simulator needs a sustained-load clock; if not, the cause is elsewhere.
+replay clock), and the report gives, per step class, the samples' median SM clock and power.
+Measured with it (2026-12-03, measurements README): the loaded runs' large prefill steps ran at
+1,455-1,500 MHz with the power cap active in 99-100% of samples, the prefill sweep's at 1,980 MHz;
+hence the cost model's power-cap slowdown (:mod:`simulator.cost.power`).
 """
 
 from __future__ import annotations
