@@ -37,6 +37,7 @@ from simulator.gpu import parse_deployment
 from simulator.measured_costs import alone_requests, draft_pass_time, front_end_latency
 from simulator.measured_steps import read_records, read_steps
 from simulator.paths import profiles_dir
+from simulator.profiler.host import host_key
 from simulator.validate import load_run, run_meta
 
 # Nothing streams HBM faster than a device-to-device copy: 0.89 of the datasheet bandwidth on
@@ -107,8 +108,10 @@ class Sample:
                 heat.add(st.gpu_start + st.gpu_s, st.gpu_s, c.flops)
         self.heat = [at[id(st)] for st in self.steps]
         self.timeline = any(st.launched is not None for st in steps)
+        # FP8's extra launch is measured against 16-bit runs of the same model and host.
+        host = host_key(meta)
         self.shape = RunShape(steps, rf.layers, rf.moe_layers, rf.graph_max_tokens, self.fp8,
-                              meta["model"])
+                              meta["model"] + (f" @ {host}" if host else ""))
 
     def errors(self, cal: CalibrationProfile) -> tuple[list[float], list[float], list[float]]:
         """Per step: log(simulated / measured) of the device time, and of the call's duration

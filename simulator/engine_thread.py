@@ -50,7 +50,7 @@ class RunShape:
     moe_layers: int
     graph_max_tokens: float
     fp8: bool = False  # W8A8 GEMMs: more kernels to launch per layer
-    model: str = ""  # FP8's extra is measured against the same model's 16-bit runs
+    model: str = ""  # FP8's extra is measured against 16-bit runs of the same key (model, host)
 
 
 def _line(xs: list[float], ys: list[float], scale: float) -> tuple[float, float]:

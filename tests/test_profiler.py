@@ -74,6 +74,9 @@ def test_replay_records_every_request_and_step(tmp_path):
     # The replay clock's zero in Unix time, to line the steps up with a GPU clock log.
     assert meta["t0_unix"] <= (out / "meta.json").stat().st_mtime
     assert meta["t0_unix"] >= (out / "meta.json").stat().st_mtime - meta["replay_wall_s"] - 60
+    # The host it ran on (no CUDA GPU here: no GPU UUID), which pairs FP8 with 16-bit runs.
+    assert meta["host"]["cpus"] == os.cpu_count() and meta["host"]["name"]
+    assert meta["host"]["cpu"] and "gpu_uuid" not in meta["host"]
 
 
 @pytest.mark.skipif(PY is None, reason="no Python with vLLM (set PROFILER_PYTHON)")

@@ -66,6 +66,7 @@ import zlib
 from pathlib import Path
 
 from simulator.profiler import warmup
+from simulator.profiler.host import host_info
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
@@ -412,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             "warmup_ramp_seqs": len(ramp), "cuda_graph_top": graph_top,
             "diagnose": a.diagnose, "gc_freeze": a.gc_freeze,
             "cuda_module_loading": os.environ["CUDA_MODULE_LOADING"],
-            "replay_wall_s": wall, "t0_unix": t0_unix,
+            "replay_wall_s": wall, "t0_unix": t0_unix, "host": host_info(),
             "command": " ".join(sys.argv if argv is None else argv),
         }
         line = write_run(a.out / path.stem, reqs, meta, steps)
