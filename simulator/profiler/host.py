@@ -2,8 +2,9 @@
 
 Why: the engine thread's costs are CPU work and differ between hosts (two H200 hosts of
 2026-12-03 launched Llama-3.1-8B's eager layers at 0.46 and 0.72 ms and prepared a step in
-1.8 and 2.7 ms, and served the same runs 2-17% apart), and FP8's extra launch cost is measured against the same model's 16-bit runs
-of the same host (:mod:`simulator.engine_thread`), which needs to know which runs shared one.
+1.8 and 2.7 ms, and served the same runs 2-17% apart), and FP8's extra launch cost is measured
+against the same model's 16-bit runs of the same host (:mod:`simulator.engine_thread`), which
+needs to know which runs shared one.
 """
 
 from __future__ import annotations
