@@ -9,11 +9,12 @@ cap active in 99-100% of samples, and Qwen2.5-32B's at 8 req/s at 1,455 MHz. The
 slow by the clock ratio (their memory-bound parts and the HBM clock do not change) but by a few
 percent: with one compute rate per GPU, the simulator had the loaded runs' large prefill steps
 2-6% too fast and the isolated ones 1-6% too slow, and past saturation 2% of prefill time moves
-TTFT p50 by 8-14% (``simulate validate --sensitivity``).
+TTFT p50 by 7-12% (``simulate validate --sensitivity``).
 
 Model (an assumption shaped by those logs, its one factor fitted): the GPU's recent compute load
 ``h`` is an exponentially weighted mean, time constant :data:`TAU_S`, of its compute
-utilisation (a step's FLOPs over its GPU time times the datasheet dense bf16 peak; 0 while idle).
+utilisation (a step's FLOPs over its GPU time times the datasheet dense peak of the GEMMs'
+dtype, so an FP8 model's full rate counts as much as a bf16 one's; 0 while idle).
 A step that holds prefill takes ``1 + power_slowdown x h`` times its roofline time; decode steps,
 bound by HBM bandwidth, are left as they are. ``power_slowdown`` is fitted by ``simulate
 calibrate`` on the measured timeline, where ``h`` is computed from the measured steps the same
@@ -31,7 +32,7 @@ TAU_S = 1.0
 
 
 class Heat:
-    """The GPU's recent compute load ``h`` (0..1, more with FP8 GEMMs above the bf16 peak)."""
+    """The GPU's recent compute load ``h``: 0 idle, 1 at the datasheet peak throughout."""
 
     __slots__ = ("h", "t", "peak")
 
