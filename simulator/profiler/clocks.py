@@ -6,7 +6,7 @@ Why: the simulator takes one compute rate per GPU, but a GPU at its power limit 
 clock, so a step's device time can depend on how hard the GPU worked before it. On the H200 the
 large prefill steps of the loaded runs came out 2% faster in simulation (0.977-0.982 of the
 measured device time for Llama-3.1-8B, Qwen2.5-14B and Qwen2.5-32B bf16), while isolated prompts
-of the same sizes came out 1-6% slower. Past saturation 2% of GPU time moves TTFT p50 by 8-14%
+of the same sizes came out 1-6% slower. Past saturation 2% of GPU time moves TTFT p50 by 7-12%
 (``simulate validate --sensitivity``), so this matters.
 
 The log is what ``profile_gpu.sh`` records next to each group when ``nvidia-smi`` exists::
