@@ -301,8 +301,15 @@ def write_profile(result: dict, out: Path, command: str, error_band: float,
         "# of real vLLM runs (see [provenance]); values not in [provenance].fitted keep the defaults.",
         f'name = "{result["gpu"]}-vllm-{meta["vllm"]}"',
         "calibrated = true",
-        f"error_band = {error_band:.2f}  # --error-band: covers the worst p50 error in validation.csv",
+        f"error_band = {error_band:.2f}  # --error-band: the stated uncertainty of a p50 "
+        "(validation.csv holds the measured errors; a test checks the bands cover them)",
     ]
+    # Wider bands for FP8 or MoE runs keep the base's value and reason, like unfitted values.
+    prior = load_profile(base) if base is not None and base.exists() else None
+    for key in ("error_band_fp8", "error_band_moe"):
+        if prior is not None and getattr(prior, key) is not None:
+            note = f"  # {why[('', key)]}" if ("", key) in why else ""
+            lines.append(f"{key} = {getattr(prior, key):.2f}{note}")
     for sec in ("efficiency", "overhead", "memory"):
         lines.append(f"\n[{sec}]")
         for k, v in getattr(cal, sec).model_dump().items():

@@ -25,6 +25,19 @@ def test_every_measured_run_is_in_the_table(gpu_dir):
     assert len(runs) >= 13
 
 
+@pytest.mark.parametrize("gpu_dir", [H100, H200], ids=["h100", "h200"])
+def test_the_stated_error_band_covers_every_measured_p50_error(gpu_dir):
+    """The band the summary states (error_band, wider for FP8 or MoE where the profile says so)
+    is at least the worst TTFT, TPOT or E2E p50 error of every committed run of its class."""
+    from simulator.deployment import resolve
+    from simulator.validate import load_run
+
+    for run, errors in TABLES[gpu_dir].items():
+        band = resolve(load_run(gpu_dir / run)[0]).error_band
+        worst = max(abs(errors[f"{m}.p50"]) for m in ("ttft_s", "tpot_s", "e2e_s"))
+        assert worst <= band, f"{run}: p50 error {worst:.2f} beyond the stated band {band:.2f}"
+
+
 @pytest.mark.parametrize(("gpu_dir", "run"), CASES, ids=[f"{g.parent.name}:{r}" for g, r in CASES])
 def test_error_does_not_grow(gpu_dir, run):
     """A change to the cost model, scheduler or calibration that moves any committed case further
