@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from simulator.cost.calibration import CalibrationProfile, load_profile
-from simulator.cost.power import Heat, slowdown
+from simulator.cost.power import Heat, slowed
 from simulator.deployment import resolve, with_calibration
 from simulator.engine_loop import place
 from simulator.engine_thread import RunShape, measure
@@ -92,21 +92,22 @@ class Sample:
         self.alone = alone_requests(run_dir, records)
         # The first steps of a replay include one-off warm-up (allocator, first shapes).
         every = read_steps(run_dir, records)
-        steps = [s for s in every[5:] if s.tokens]
+        # The GPU's compute load when each step began, from the measured timeline
+        # (simulator.cost.power): FLOPs are counts, the same under every profile.
+        heat, loads = Heat.of(rf), []
+        for st in every:
+            loads.append(heat.at(st.gpu_start))
+            if st.gpu_s and st.tokens:
+                c = rf.step(st.n_decode, st.decode_ctx, st.prefill, st.n_decode + len(st.prefill))
+                heat.add(st.gpu_start + st.gpu_s, st.gpu_s, c.flops)
+        kept = [(st, h) for st, h in zip(every[5:], loads[5:], strict=True) if st.tokens]
+        steps = [st for st, _ in kept]
         if not steps:
             raise InputError("no steps with device times (gpu_s); re-profile with CUDA events",
                              file=str(run_dir / "steps.jsonl"), field="gpu_s")
         stride = max(1, len(steps) // per_run)
         self.steps = steps[::stride]
-        # The GPU's compute load when each sampled step began, from the measured timeline
-        # (simulator.cost.power): FLOPs are counts, the same under every profile.
-        heat, at = Heat(rf.gpu.peak_flops(rf.prec.gemm_dtype)), {}
-        for st in every:
-            at[id(st)] = heat.at(st.gpu_start)
-            if st.gpu_s and st.tokens:
-                c = rf.step(st.n_decode, st.decode_ctx, st.prefill, st.n_decode + len(st.prefill))
-                heat.add(st.gpu_start + st.gpu_s, st.gpu_s, c.flops)
-        self.heat = [at[id(st)] for st in self.steps]
+        self.heat = [h for _, h in kept[::stride]]
         self.timeline = any(st.launched is not None for st in steps)
         # FP8's extra launch is measured against 16-bit runs of the same model and host.
         host = host_key(meta)
@@ -122,7 +123,7 @@ class Sample:
         for st, h in zip(self.steps, self.heat, strict=True):
             c = rf.step(st.n_decode, st.decode_ctx, st.prefill, st.n_decode + len(st.prefill))
             if st.prefill and rf.power_k:
-                c = c._replace(time_s=c.time_s * slowdown(rf.power_k, h))
+                c = slowed(c, rf.power_k, h)
             pl = place(st.gpu_free, st.call_start, c, rf.output_time(st.prev_seqs),
                        in_flight=st.in_flight, async_sched=rf.async_sched)
             dev.append(math.log(max(pl.end - st.gpu_start, 1e-6) / st.gpu_s))
@@ -294,7 +295,8 @@ def write_profile(result: dict, out: Path, command: str, error_band: float,
     """
     cal: CalibrationProfile = result["profile"]
     meta = result["meta"]
-    why = _comments(base) if base is not None and base.exists() else {}
+    has_base = base is not None and base.exists()
+    why = _comments(base) if has_base else {}
     measured = ", ".join(f"{k} = {n}" for k, n in sorted(result.get("measured", {}).items()))
     lines = [
         f"# Fitted by `simulate calibrate` on {time.strftime('%Y-%m-%d')} from step-level device times",
@@ -305,7 +307,7 @@ def write_profile(result: dict, out: Path, command: str, error_band: float,
         "(validation.csv holds the measured errors; a test checks the bands cover them)",
     ]
     # Wider bands for FP8 or MoE runs keep the base's value and reason, like unfitted values.
-    prior = load_profile(base) if base is not None and base.exists() else None
+    prior = load_profile(base) if has_base else None
     for key in ("error_band_fp8", "error_band_moe"):
         if prior is not None and getattr(prior, key) is not None:
             note = f"  # {why[('', key)]}" if ("", key) in why else ""

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import simpy
 
-from simulator.cost.power import Heat, slowdown
+from simulator.cost.power import Heat, slowed
 from simulator.cost.roofline import Roofline
 from simulator.engine_loop import hidden_emit, place
 from simulator.metrics import LogHistogram, ReplicaStats
@@ -92,7 +92,7 @@ class Replica:
         self.last_emit = 0.0
         self.restart = True  # the engine idles: the next call starts when a request comes
         # The GPU's recent compute load, which slows prefill steps at its power cap.
-        self.heat = Heat(roofline.gpu.peak_flops(roofline.prec.gemm_dtype)) if roofline.power_k else None
+        self.heat = Heat.of(roofline) if roofline.power_k else None
         self.proc = env.process(self._run())
 
     # --- called by a live router ---------------------------------------------------------------
@@ -236,11 +236,11 @@ class Replica:
                 cost = rf.step(step.n_decode, step.decode_ctx, prefills,
                                step.n_decode + len(prefills))
                 heat = self.heat
-                if heat is not None and prefills:
-                    f = slowdown(rf.power_k, heat.at(now))
-                    self.stats.power_added_s += cost.time_s * (f - 1)
-                    cost = cost._replace(time_s=cost.time_s * f)
                 if prefills:
+                    if heat is not None:
+                        slow = slowed(cost, rf.power_k, heat.at(now))
+                        self.stats.power_added_s += slow.time_s - cost.time_s
+                        cost = slow
                     self.stats.prefill_gpu_s += cost.time_s
                 dur = self._launch(now, cost) - now
                 occupancy = s.running + len(s.waiting)

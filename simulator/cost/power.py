@@ -24,6 +24,10 @@ way; None or 0 turns the model off.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from simulator.cost.roofline import Roofline, StepCost
 
 # Time constant of the load average (s): the clock log's power reading averages over about a
 # second, and the clock settles within a few 100 ms samples of a load change. An assumption;
@@ -38,6 +42,11 @@ class Heat:
 
     def __init__(self, peak_flops: float):
         self.h, self.t, self.peak = 0.0, 0.0, peak_flops
+
+    @classmethod
+    def of(cls, rf: Roofline) -> Heat:
+        """The load of ``rf``'s GPU, against the datasheet peak of its GEMMs' dtype."""
+        return cls(rf.gpu.peak_flops(rf.prec.gemm_dtype))
 
     def at(self, t: float) -> float:
         """The load at time ``t`` (no later work known): decayed since the last busy period."""
@@ -57,3 +66,8 @@ class Heat:
 def slowdown(k: float | None, h: float) -> float:
     """The factor on a prefill step's GPU time at load ``h``."""
     return 1.0 + k * h if k else 1.0
+
+
+def slowed(cost: StepCost, k: float | None, h: float) -> StepCost:
+    """A prefill step's ``cost`` with its GPU time slowed by the power cap at load ``h``."""
+    return cost._replace(time_s=cost.time_s * slowdown(k, h))
