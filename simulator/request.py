@@ -17,7 +17,7 @@ class Request:
         "replica", "first_token_t", "finish_t", "preemptions", "rejected",
         # scheduler bookkeeping
         "state", "prompt_len", "computed", "blocks", "gen", "join_step", "key", "heap_token",
-        "last_token_t", "accept", "rate", "v0", "groups", "shared", "remote_kv",
+        "last_token_t", "accept", "rate", "v0", "groups", "shared", "remote_kv", "stash",
     )
 
     def __init__(
@@ -62,6 +62,8 @@ class Request:
         # Prefix caching: the cached hash groups this request holds, and their KV blocks.
         self.groups: list[int] | None = None
         self.shared = 0
+        # Preempted with prefix caching on: the key of its own computed blocks, left cached.
+        self.stash: tuple | None = None
         # Disaggregated serving: prompt tokens whose KV arrived from a prefill replica.
         self.remote_kv = 0
 

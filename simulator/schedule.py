@@ -108,10 +108,13 @@ class Scheduler:
         h = pre = cached = 0  # cached: blocks of held groups, not charged again
         if r.remote_kv:
             pre = min(r.remote_kv, r.prompt_len - 1)
-        elif pc is not None and r.hash_ids:
-            h = pc.match(r)
-            pre = h * pc.hash_block
-            cached = sum(1 for g in r.hash_ids[:h] if g not in pc.free_lru) * pc.bpg
+        elif pc is not None:
+            if r.hash_ids:
+                h = pc.match(r)
+                pre = h * pc.hash_block
+                cached = sum(1 for g in r.hash_ids[:h] if g not in pc.free_lru) * pc.bpg
+            if r.stash is not None:  # preempted: what is left of its own blocks
+                pre = min(pre + pc.own_hit(r, h) * self.kv.bs, r.prompt_len - 1)
         n = min(r.prompt_len - pre, budget)
         return h, pre, n, blocks_for(pre + n, self.kv.bs) - cached
 
@@ -132,17 +135,22 @@ class Scheduler:
         """Preempt the most recently admitted running request (vLLM: running.pop())."""
         if self.prefilling:
             r = self.prefilling.pop()
+            in_kv = r.computed
         else:
             _, r = self.decoding.popitem()
             steps = self.step_no - r.join_step
             self.kv.remove_decoder(r.key)
-            self.ctx_sum -= self._ctx_of(r)
+            in_kv = self._ctx_of(r)
+            self.ctx_sum -= in_kv
             self.rate_sum -= r.rate
             r.blocks = self._blocks_of(r)
             r.gen = min(r.gen + int(steps * r.rate), r.output_tokens - 1)
             r.prompt_len = r.input_tokens + r.gen  # recompute prompt and generated tokens
             r.last_token_t = now
+        start = r.shared
         self._release(r, r.blocks)
+        if self.prefix is not None:  # its own full blocks stay cached (prefix_cache.py)
+            self.prefix.stash(r, start, int(in_kv) // self.kv.bs - start)
         r.blocks = 0
         r.computed = 0
         r.remote_kv = 0  # preempted: its shipped KV is gone, recompute here
@@ -190,8 +198,9 @@ class Scheduler:
                 r.computed = pre
                 r.blocks = blocks_for(pre + n, bs)  # its context, shared groups included
                 kv.used += nb
-                if self.prefix is not None and r.hash_ids and not r.remote_kv:
-                    self.prefix.acquire(r, h)  # the groups it holds; revivals are in nb
+                if self.prefix is not None and not r.remote_kv and (r.hash_ids or r.stash):
+                    # The groups it holds and its stash's hit; revivals are charged in nb.
+                    self.prefix.acquire(r, h, pre - h * self.prefix.hash_block)
                     r.shared = h * self.prefix.bpg
                 self.prefilling.append(r)
                 step.chunks.append((r, n))

@@ -13,6 +13,7 @@ from simulator.paths import profiles_dir
 from simulator.prefix_cache import PrefixCache
 from simulator.request import Request
 from simulator.run import run_simulation
+from simulator.schedule import Scheduler
 from simulator.validate import load_run
 
 H100 = profiles_dir() / "calibration" / "measurements" / "h100-sxm" / "vllm-0.25.1"
@@ -73,6 +74,36 @@ def test_prefix_affinity_router_raises_the_hit_rate():
     # once. Affinity sends each prompt to one replica: only its first request misses.
     assert aff["prefix_cache"]["hit_tokens"] == (80 - 3) * 1024
     assert rr["prefix_cache"]["hit_tokens"] == (80 - 12) * 1024
+
+
+def _preempt_and_readmit(prefix: PrefixCache | None) -> list[list[tuple[str, int, int]]]:
+    """Two 1,000-token prompts fill a 128-block cache; when both need their 65th block, b (the
+    later) is preempted. Returns each step's prefill chunks as (request, computed, tokens)."""
+    s = Scheduler(128, 16, 8, 8192, prefix=prefix)
+    s.waiting.extend([Request("a", 0, 1000, 60), Request("b", 0, 1000, 200)])
+    steps = []
+    while s.busy() and len(steps) < 2:
+        if s.prefilling or s.can_admit_head() or s.decode_run_length() == 0:
+            st = s.plan_step(0.0)
+            if st.chunks:
+                steps.append([(r.rid, r.computed, n) for r, n in st.chunks])
+            s.finish_step(st, 0.0, lambda r, t: None, lambda r: None)
+        else:
+            s.advance_decode(1, 0.0, lambda r: None)
+    assert s.preemptions == 1
+    return steps
+
+
+def test_a_preempted_request_skips_its_own_blocks_still_cached():
+    pc = PrefixCache(512, 16)
+    on, off = _preempt_and_readmit(pc), _preempt_and_readmit(None)
+    assert on[0] == off[0] == [("a", 0, 1000), ("b", 0, 1000)]
+    # b held 1,024 tokens (64 full blocks) and had generated 25 when preempted: it must
+    # recompute 1,025. Its 64 blocks stay cached; a's growth from 1,024 to 1,059 tokens takes
+    # 3 of them, from b's tail, before a finishes and b is admitted again with 61 (976 tokens).
+    assert on[1] == [("b", 976, 1025 - 976)]
+    assert off[1] == [("b", 0, 1025)]  # prefix caching off: vLLM recomputes it all
+    assert pc.hit_tokens == 976 and not pc.free_lru and pc.evictable_blocks == 0
 
 
 @pytest.mark.parametrize("run_name", ["prefix-s4", "prefix-s4-r4"])
