@@ -272,6 +272,8 @@ def fit(run_dirs: list[Path], base: CalibrationProfile, per_run: int = STEPS_PER
                         if speed is not None else None),
             "fixed": dict(fixed or {}),
             "runs": per_run, "gpu": samples[0].gpu.name, "meta": samples[0].meta,
+            # The calibrated range's context: the longest --max-model-len a fitted run served.
+            "max_model_len": max(s.meta["engine_args"]["max_model_len"] for s in samples),
             "models": sorted({s.meta["model"] + (" fp8" if s.fp8 else "") for s in samples})}
 
 
@@ -332,7 +334,7 @@ def write_profile(result: dict, out: Path, command: str, error_band: float,
                  f"speed factor", f"engine_thread_from = {json.dumps(c['from'])}",
                  f"host_speed = {c['host_speed']:.4g}"] if (c := result.get("carried")) else []),
               f"max_tensor_parallel_size = {meta['engine_args'].get('tensor_parallel_size') or 1}",
-              f"max_model_len = {meta['engine_args']['max_model_len']}",
+              f"max_model_len = {result.get('max_model_len', meta['engine_args']['max_model_len'])}",
               f"command = {json.dumps(command)}",
               "\n[provenance.fit_residuals]  # |log(sim/meas)| per step: device time; "
               "call_median: the engine call's return"]

@@ -74,3 +74,16 @@ def test_calibration_beats_datasheet_defaults_on_held_out_tpot():
         return sum(abs(validate_run(d, cal)["error"]["tpot_s.p50"]) for d in held) / len(held)
 
     assert mean_abs(None) < 0.8 * mean_abs("none")
+
+
+@pytest.mark.parametrize("run", ["mc-x4", "mc-x1"])
+def test_held_out_long_context_mooncake_runs_meet_the_targets(run):
+    """Mooncake's conversation trace (prompts of 14k tokens on average, up to 122k, shared
+    prefixes) on the H200, held out of the fit: at a quarter of its rate and at its own, where
+    the KV cache runs full and vLLM preempts. TTFT/TPOT p50 within 10%, p90/p99 within 20%. The
+    saturated run needs the long-context attention rate (`long-sweep`) and preempted requests
+    finding their own blocks still cached; before either, its TPOT p50 was +93%."""
+    err = validate_run(H200 / "llama8b-bf16-long" / run)["error"]
+    for m in ("ttft_s", "tpot_s"):
+        assert abs(err[f"{m}.p50"]) <= 0.10, (m, err[f"{m}.p50"])
+        assert abs(err[f"{m}.p90"]) <= 0.20 and abs(err[f"{m}.p99"]) <= 0.20, (m, err)

@@ -34,3 +34,26 @@ rows = [{"arrival_s": round(0.4 * (i + 1), 6), "input_tokens": n, "output_tokens
          "request_id": f"sweep-{i}"} for i, n in enumerate(sizes)]
 (HERE / "traces" / "prefill-sweep.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 print("prefill-sweep", len(rows))
+
+# Long contexts (2026-12-03): `long-sweep`, isolated prompts of 12,288..122,880 tokens (2 of
+# each, shuffled, 8 output tokens: chunked prefill steps whose attention spans up to 115k
+# cached tokens, then decode steps at that context), each arriving once the one before should
+# be done (GEMMs at 0.74 and attention at 0.5 of the H200's bf16 peak, plus 0.5 s); and `mc-x1`,
+# `mc-x4`: the first 40 s of the shipped Mooncake sample (119 requests, mean prompt 14k tokens,
+# hash_ids kept, so prefix caching hits as in Mooncake), at its own rate and stretched 4x.
+LONG = [12288, 16384, 24576, 32768, 49152, 65536, 98304, 122880]
+sizes = LONG * 2
+random.Random(8).shuffle(sizes)
+t, rows = 0.5, []
+for i, n in enumerate(sizes):
+    rows.append({"arrival_s": round(t, 3), "input_tokens": n, "output_tokens": 8,
+                 "request_id": f"long-{i}"})
+    t += 2 * 8.0e9 * n / (989e12 * 0.74) + 2 * n * n * 4096 * 32 / (989e12 * 0.5) + 0.5
+(HERE / "traces" / "long-sweep.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+print("long-sweep", len(rows), f"{t:.0f} s")
+MOONCAKE = SAMPLE.parent / "mooncake-conversation-sample.jsonl"
+for name, stretch in (("mc-x1", 1), ("mc-x4", 4)):
+    rows = [dict(r, arrival_s=round(r["arrival_s"] * stretch, 6))
+            for r in map(json.loads, MOONCAKE.read_text().splitlines()) if r["arrival_s"] < 40]
+    (HERE / "traces" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(name, len(rows))

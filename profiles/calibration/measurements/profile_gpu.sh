@@ -22,6 +22,9 @@
 #         pair that replaces timeline-fp8 and timeline-fp8b, whose two engines launched at
 #         speeds 30-40% apart, and the earlier llama8b-bf16 runs), timeline-moe (Qwen3-30B-A3B, light
 #         to past saturation and the sweep; 2026-12-02, with big-bf16 re-run the same day)
+#         long, long-sat (Llama-3.1-8B bf16 at max-model-len 131072: isolated prompts of
+#         12k..123k tokens, then the first 40 s of the Mooncake sample, prefix caching on,
+#         stretched 4x (long) and at its own rate, past saturation (long-sat); 2026-12-03)
 #         sweep, sweep-moe (isolated prompts of 16..8192 tokens: single prefill steps on both
 #         sides of the CUDA-graph capture size; Llama-3.1-8B bf16, fp8 and bf16 at
 #         max-num-seqs 64, then Qwen3-30B-A3B), ops (the torch operator micro-profiler)
@@ -88,6 +91,10 @@ for g in "$@"; do
         --trace $T/prefix-s4-r4.jsonl --out $DEST/llama8b-bf16-prefix ;;
     prefix-off) $P --model llama-3.1-8b --no-enable-prefix-caching --trace $T/prefix-s4.jsonl \
         --trace $T/prefix-s4-r4.jsonl --out $DEST/llama8b-bf16-prefix-off ;;
+    long) $P --model llama-3.1-8b --max-model-len 131072 --trace $T/long-sweep.jsonl \
+        --trace $T/mc-x4.jsonl --out $DEST/llama8b-bf16-long ;;
+    long-sat) $P --model llama-3.1-8b --max-model-len 131072 --trace $T/mc-x1.jsonl \
+        --out $DEST/llama8b-bf16-long ;;
     sweep) $P --model llama-3.1-8b --trace $T/prefill-sweep.jsonl --out $DEST/llama8b-bf16
       $P --model llama-3.1-8b --quantization fp8 --trace $T/prefill-sweep.jsonl --out $DEST/llama8b-fp8
       $P --model llama-3.1-8b --max-num-seqs 64 --max-num-batched-tokens 2048 \
