@@ -272,8 +272,10 @@ def fit(run_dirs: list[Path], base: CalibrationProfile, per_run: int = STEPS_PER
                         if speed is not None else None),
             "fixed": dict(fixed or {}),
             "runs": per_run, "gpu": samples[0].gpu.name, "meta": samples[0].meta,
-            # The calibrated range's context: the longest --max-model-len a fitted run served.
+            # The calibrated range: the widest engine shape among the fitted runs.
             "max_model_len": max(s.meta["engine_args"]["max_model_len"] for s in samples),
+            "max_tensor_parallel_size": max(s.meta["engine_args"].get("tensor_parallel_size") or 1
+                                            for s in samples),
             "models": sorted({s.meta["model"] + (" fp8" if s.fp8 else "") for s in samples})}
 
 
@@ -333,8 +335,8 @@ def write_profile(result: dict, out: Path, command: str, error_band: float,
               *([f"# engine-thread costs carried from {c['from']} (measured there) x a fitted host "
                  f"speed factor", f"engine_thread_from = {json.dumps(c['from'])}",
                  f"host_speed = {c['host_speed']:.4g}"] if (c := result.get("carried")) else []),
-              f"max_tensor_parallel_size = {meta['engine_args'].get('tensor_parallel_size') or 1}",
-              f"max_model_len = {result.get('max_model_len', meta['engine_args']['max_model_len'])}",
+              f"max_tensor_parallel_size = {result['max_tensor_parallel_size']}",
+              f"max_model_len = {result['max_model_len']}",
               f"command = {json.dumps(command)}",
               "\n[provenance.fit_residuals]  # |log(sim/meas)| per step: device time; "
               "call_median: the engine call's return"]

@@ -38,10 +38,10 @@ class PrefixCache:
         self.bpg = hash_block // block_size  # KV blocks per group
         self.refs: dict[int, int] = {}  # cached group -> running requests holding it
         # Cached and held by nobody, least recently freed first: a group id -> its blocks, or a
-        # preempted request's stash key -> its own blocks still cached.
-        self.free_lru: OrderedDict[int | tuple, int] = OrderedDict()
+        # preempted request's stash key (its id, the block the stash starts at) -> its own
+        # blocks still cached.
+        self.free_lru: OrderedDict[int | tuple[int, int], int] = OrderedDict()
         self.evictable = 0  # blocks in free_lru
-        self.stash_start: dict[tuple, int] = {}  # stash key -> the block its entry starts at
         self.query_tokens = 0
         self.hit_tokens = 0
 
@@ -64,7 +64,7 @@ class PrefixCache:
     def own_hit(self, r: Request, h: int) -> int:
         """Blocks of r's own stash still cached, if they continue its first h groups."""
         key = r.stash
-        if key is None or self.stash_start.get(key) != h * self.bpg:
+        if key is None or key[1] != h * self.bpg:
             return 0
         return self.free_lru.get(key, 0)
 
@@ -73,9 +73,8 @@ class PrefixCache:
         they stay cached, evictable, most recently freed."""
         if blocks <= 0:
             return
-        key = r.stash = ("own", id(r))
+        key = r.stash = (id(r), start)
         self.free_lru[key] = blocks
-        self.stash_start[key] = start
         self.evictable += blocks
 
     def unstash(self, r: Request) -> None:
@@ -83,7 +82,6 @@ class PrefixCache:
         key, r.stash = r.stash, None
         if key is not None:
             self.evictable -= self.free_lru.pop(key, 0)
-            self.stash_start.pop(key, None)
 
     def acquire(self, r: Request, h: int, own_tokens: int = 0) -> int:
         """r takes its first h (cached) groups and ``own_tokens`` of its stash; returns blocks
@@ -149,5 +147,4 @@ class PrefixCache:
                 self.evictable -= over
                 return
             del lru[key]
-            self.stash_start.pop(key, None)
             self.evictable -= blocks

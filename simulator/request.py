@@ -63,7 +63,7 @@ class Request:
         self.groups: list[int] | None = None
         self.shared = 0
         # Preempted with prefix caching on: the key of its own computed blocks, left cached.
-        self.stash: tuple | None = None
+        self.stash: tuple[int, int] | None = None
         # Disaggregated serving: prompt tokens whose KV arrived from a prefill replica.
         self.remote_kv = 0
 

@@ -14,6 +14,11 @@ HERE = Path(__file__).resolve().parent
 SAMPLE = HERE.parent.parent.parent / "traces" / "azure-conv-2023-10min.jsonl"
 RUNS = [("az-r2", 2, 45), ("az-r8", 8, 40), ("az-r20", 20, 30), ("az-r40", 40, 20)]
 
+
+def write(name: str, rows: list[dict]) -> None:
+    (HERE / "traces" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 lengths = [(r["input_tokens"], r["output_tokens"])
            for r in map(json.loads, SAMPLE.read_text().splitlines())]
 for seed, (name, rate, span) in enumerate(RUNS):
@@ -23,7 +28,7 @@ for seed, (name, rate, span) in enumerate(RUNS):
         inp, out = lengths[rng.randrange(len(lengths))]
         rows.append({"arrival_s": round(t, 6), "input_tokens": min(inp, 8000),
                      "output_tokens": out, "request_id": f"{name}-{len(rows)}"})
-    (HERE / "traces" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write(name, rows)
     print(name, len(rows))
 
 SWEEP = [16, 32, 64, 96, 128, 136, 192, 256, 384, 448, 496, 512, 528, 600, 768, 1024, 1536, 2048,
@@ -32,7 +37,7 @@ sizes = SWEEP * 3
 random.Random(7).shuffle(sizes)
 rows = [{"arrival_s": round(0.4 * (i + 1), 6), "input_tokens": n, "output_tokens": 2,
          "request_id": f"sweep-{i}"} for i, n in enumerate(sizes)]
-(HERE / "traces" / "prefill-sweep.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+write("prefill-sweep", rows)
 print("prefill-sweep", len(rows))
 
 # Long contexts (2026-12-03): `long-sweep`, isolated prompts of 12,288..122,880 tokens (2 of
@@ -49,11 +54,11 @@ for i, n in enumerate(sizes):
     rows.append({"arrival_s": round(t, 3), "input_tokens": n, "output_tokens": 8,
                  "request_id": f"long-{i}"})
     t += 2 * 8.0e9 * n / (989e12 * 0.74) + 2 * n * n * 4096 * 32 / (989e12 * 0.5) + 0.5
-(HERE / "traces" / "long-sweep.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+write("long-sweep", rows)
 print("long-sweep", len(rows), f"{t:.0f} s")
 MOONCAKE = SAMPLE.parent / "mooncake-conversation-sample.jsonl"
 for name, stretch in (("mc-x1", 1), ("mc-x4", 4)):
     rows = [dict(r, arrival_s=round(r["arrival_s"] * stretch, 6))
             for r in map(json.loads, MOONCAKE.read_text().splitlines()) if r["arrival_s"] < 40]
-    (HERE / "traces" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write(name, rows)
     print(name, len(rows))
