@@ -231,6 +231,29 @@ def test_operator_profiler_times_the_model_shapes(tmp_path):
     assert meta["device"] == "cpu" and meta["gpu_profile"] is None and meta["quick"] is True
 
 
+@pytest.mark.skipif(PY is None, reason="no Python with vLLM (set PROFILER_PYTHON)")
+def test_operator_profiler_times_the_token_counts_asked_and_refuses_fp8_without_a_gpu(tmp_path):
+    """--tokens sets the GEMM grid (the H200's vLLM-kernel tables use 21 counts, 448 among them,
+    where cuBLAS's bf16 GEMMs are slower than at 512); FP8, vLLM's kernels or torch's, needs FP8
+    tensor cores: on the CPU a one-line error, nothing written."""
+    import csv
+
+    def prof(*args, out=tmp_path / "a"):
+        return subprocess.run(
+            [PY, "-m", "simulator.profiler.operators", "--model", str(DATA / "tiny-llama.json"),
+             "--out", str(out), "--quick", "--repeat", "1", "--trials", "1", *args],
+            cwd=ROOT, capture_output=True, text=True, timeout=600,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    p = prof("--tokens", "3,448")
+    assert p.returncode == 0, p.stderr[-2000:]
+    gemm = [r for r in csv.DictReader((tmp_path / "a" / "operators.csv").open()) if r["op"] == "gemm"]
+    assert sorted({int(r["m"]) for r in gemm}) == [3, 448]
+    p = prof("--fp8", "--fp8-kernel", "vllm", out=tmp_path / "b")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "FP8 tensor cores" in p.stderr
+    assert not (tmp_path / "b").exists()
+
+
 def test_warmup_stride_and_ramp_cover_eager_row_counts_and_every_batch_size():
     from simulator.profiler.warmup import ramp_rows, warmup_stride
 

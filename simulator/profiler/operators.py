@@ -7,7 +7,11 @@ One command runs the whole grid and writes ``DIR/operators.csv`` and ``DIR/meta.
 - ``gemm``: every linear layer of the model at its tensor-parallel shard (qkv, o, gate_up, down,
   one expert's gate_up/down for MoE models, lm_head) over token counts 1..8192, in the model's
   16-bit dtype and, with ``--fp8`` on GPUs that have FP8 tensor cores, as a row-scaled FP8 GEMM
-  (``torch._scaled_mm``, the kernel family vLLM's FP8 W8A8 path uses on Hopper);
+  (``torch._scaled_mm``, the kernel family vLLM's FP8 W8A8 path uses on Hopper) or, with
+  ``--fp8-kernel vllm`` where vLLM is installed, as vLLM's own path for ``--quantization fp8``:
+  dynamic per-tensor activation quantisation (``scaled_fp8_quant``) then its CUTLASS scaled GEMM
+  (``cutlass_scaled_mm``), timed together as the ``gemm`` row and the quantisation alone as an
+  ``fp8_quant`` row;
 - ``attn_prefill``: causal attention of one prompt of 128..8192 tokens (``scaled_dot_product_
   attention``, GQA heads as the model has them);
 - ``attn_decode``: one query token per sequence over batch x context grids (contiguous KV, so
@@ -88,15 +92,39 @@ class Timer:
         return statistics.median(times)
 
 
+def vllm_fp8(torch):
+    """vLLM's FP8 W8A8 linear for an unquantised checkpoint served with ``--quantization fp8``
+    (weights per-tensor scaled at load, activations quantised per tensor at run time):
+    ``(quantise, gemm)`` taking ``x`` and ``(x8, x scale, weight [k, n] column-major, its
+    scale)``."""
+    from vllm import _custom_ops as ops
+
+    def quant(x):
+        return ops.scaled_fp8_quant(x)
+
+    def gemm(x8, sx, w8t, sw):
+        return ops.cutlass_scaled_mm(x8, w8t, scale_a=sx, scale_b=sw, out_dtype=torch.bfloat16)
+
+    return quant, gemm
+
+
+def _vllm_version() -> str:
+    import vllm
+
+    return vllm.__version__
+
+
 def run_grid(model, tp: int, device: str, fp8: bool, quick: bool, repeat: int, trials: int,
-             progress: Callable[[str], None] = lambda s: None) -> list[dict]:
+             progress: Callable[[str], None] = lambda s: None, fp8_kernel: str = "torch",
+             tokens: list[int] | None = None) -> list[dict]:
     import torch
     import torch.nn.functional as F
 
     timer = Timer(torch, device, repeat, trials)
     dt = torch.bfloat16
     ab = 2
-    tokens = QUICK["tokens"] if quick else TOKENS
+    tokens = tokens or (QUICK["tokens"] if quick else TOKENS)
+    fq, fg = vllm_fp8(torch) if fp8 and fp8_kernel == "vllm" else (None, None)
     rows: list[dict] = []
 
     def add(op, name, dtype, flops, nbytes, t, **shape):
@@ -114,7 +142,15 @@ def run_grid(model, tp: int, device: str, fp8: bool, quick: bool, repeat: int, t
             x = torch.randn(m, k, device=device, dtype=dt)
             t = timer(lambda x=x, w=w: torch.matmul(x, w.t()))
             add("gemm", name, "bf16", 2 * m * n * k, (n * k + m * k + m * n) * ab, t, m=m, n=n, k=k)
-            if fp8:
+            if fq is not None:
+                w8t = w8.t()  # [k, n], column-major: the layout vLLM keeps FP8 weights in
+                sw = torch.ones(1, device=device, dtype=torch.float32)
+                t = timer(lambda x=x, w8t=w8t, sw=sw: fg(*fq(x), w8t, sw))
+                add("gemm", name, "fp8", 2 * m * n * k, n * k + m * k + m * n * ab, t,
+                    m=m, n=n, k=k)
+                t = timer(lambda x=x: fq(x))
+                add("fp8_quant", name, "fp8", 0, 2 * m * k * ab + m * k, t, m=m, n=n, k=k)
+            elif fp8:
                 # torch._scaled_mm wants rows in multiples of 16: time the padded GEMM (vLLM's
                 # CUTLASS kernel pads its tiles the same way), count the real FLOPs.
                 mp = -(-m // 16) * 16
@@ -186,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel shard to time")
     ap.add_argument("--fp8", action="store_true", help="also time FP8 GEMMs (Hopper/Ada)")
+    ap.add_argument("--fp8-kernel", choices=("torch", "vllm"), default="torch",
+                    help="FP8 GEMMs as torch._scaled_mm, or as vLLM's quantisation + CUTLASS "
+                         "GEMM (needs vLLM)")
+    ap.add_argument("--tokens", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                    help="comma-separated GEMM token counts (default 1..8192, powers of 2)")
     ap.add_argument("--quick", action="store_true", help="a small grid (CI, CPU)")
     ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     ap.add_argument("--repeat", type=int, default=20)
@@ -208,9 +249,16 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --fp8 needs a GPU with FP8 tensor cores (compute capability 8.9+)",
               file=sys.stderr)
         return 2
+    if a.fp8 and a.fp8_kernel == "vllm":
+        try:
+            vllm_fp8(torch)
+        except ImportError:
+            print("error: --fp8-kernel vllm needs vLLM installed", file=sys.stderr)
+            return 2
     t0 = time.time()
     rows = run_grid(model, a.tp, device, a.fp8, a.quick, a.repeat, a.trials,
-                    progress=lambda s: print(s, file=sys.stderr, flush=True))
+                    progress=lambda s: print(s, file=sys.stderr, flush=True),
+                    fp8_kernel=a.fp8_kernel, tokens=a.tokens)
     profile = annotate(rows, gpu_name)
     a.out.mkdir(parents=True, exist_ok=True)
     tmp = a.out / "operators.csv.tmp"
@@ -224,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
             "gpu_profile": profile, "torch": torch.__version__, "python": platform.python_version(),
             "date": time.strftime("%Y-%m-%d"), "seconds": round(time.time() - t0, 1),
             "repeat": a.repeat, "trials": a.trials, "quick": a.quick,
+            **({"fp8_kernel": a.fp8_kernel} if a.fp8 else {}),
+            **({"vllm": _vllm_version()} if a.fp8 and a.fp8_kernel == "vllm" else {}),
             "command": "python -m simulator.profiler.operators " + " ".join(
                 sys.argv[1:] if argv is None else argv)}
     (a.out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
