@@ -249,6 +249,8 @@ def test_operator_profiler_times_the_token_counts_asked_and_refuses_fp8_without_
     assert p.returncode == 0, p.stderr[-2000:]
     gemm = [r for r in csv.DictReader((tmp_path / "a" / "operators.csv").open()) if r["op"] == "gemm"]
     assert sorted({int(r["m"]) for r in gemm}) == [3, 448]
+    p = prof("--tokens", "0,4", out=tmp_path / "c")
+    assert p.returncode == 2 and "--tokens: expected comma-separated integers >= 1" in p.stderr
     p = prof("--fp8", "--fp8-kernel", "vllm", out=tmp_path / "b")
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "FP8 tensor cores" in p.stderr
     assert not (tmp_path / "b").exists()

@@ -108,6 +108,17 @@ def vllm_fp8(torch):
     return quant, gemm
 
 
+def token_counts(value: str) -> list[int]:
+    """``--tokens``: comma-separated token counts, each >= 1."""
+    try:
+        counts = [int(x) for x in value.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {value!r}")
+    return counts
+
+
 def _vllm_version() -> str:
     import vllm
 
@@ -149,6 +160,7 @@ def run_grid(model, tp: int, device: str, fp8: bool, quick: bool, repeat: int, t
                 add("gemm", name, "fp8", 2 * m * n * k, n * k + m * k + m * n * ab, t,
                     m=m, n=n, k=k)
                 t = timer(lambda x=x: fq(x))
+                # Per tensor: one pass for the absolute maximum, one to scale and cast.
                 add("fp8_quant", name, "fp8", 0, 2 * m * k * ab + m * k, t, m=m, n=n, k=k)
             elif fp8:
                 # torch._scaled_mm wants rows in multiples of 16: time the padded GEMM (vLLM's
@@ -225,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fp8-kernel", choices=("torch", "vllm"), default="torch",
                     help="FP8 GEMMs as torch._scaled_mm, or as vLLM's quantisation + CUTLASS "
                          "GEMM (needs vLLM)")
-    ap.add_argument("--tokens", type=lambda v: [int(x) for x in v.split(",")], default=None,
+    ap.add_argument("--tokens", type=token_counts, default=None,
                     help="comma-separated GEMM token counts (default 1..8192, powers of 2)")
     ap.add_argument("--quick", action="store_true", help="a small grid (CI, CPU)")
     ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
