@@ -126,8 +126,10 @@ def _vllm_version() -> str:
 
 
 def run_grid(model, tp: int, device: str, fp8: bool, quick: bool, repeat: int, trials: int,
-             progress: Callable[[str], None] = lambda s: None, fp8_kernel: str = "torch",
+             progress: Callable[[str], None] = lambda s: None, fp8_ops: tuple | None = None,
              tokens: list[int] | None = None) -> list[dict]:
+    """The grid's rows. ``fp8_ops``: :func:`vllm_fp8`'s pair, to time FP8 as vLLM runs it;
+    None: as ``torch._scaled_mm``."""
     import torch
     import torch.nn.functional as F
 
@@ -135,7 +137,7 @@ def run_grid(model, tp: int, device: str, fp8: bool, quick: bool, repeat: int, t
     dt = torch.bfloat16
     ab = 2
     tokens = tokens or (QUICK["tokens"] if quick else TOKENS)
-    fq, fg = vllm_fp8(torch) if fp8 and fp8_kernel == "vllm" else (None, None)
+    fq, fg = fp8_ops if fp8 and fp8_ops else (None, None)
     rows: list[dict] = []
 
     def add(op, name, dtype, flops, nbytes, t, **shape):
@@ -261,16 +263,17 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --fp8 needs a GPU with FP8 tensor cores (compute capability 8.9+)",
               file=sys.stderr)
         return 2
+    fp8_ops = None
     if a.fp8 and a.fp8_kernel == "vllm":
         try:
-            vllm_fp8(torch)
+            fp8_ops = vllm_fp8(torch)
         except ImportError:
             print("error: --fp8-kernel vllm needs vLLM installed", file=sys.stderr)
             return 2
     t0 = time.time()
     rows = run_grid(model, a.tp, device, a.fp8, a.quick, a.repeat, a.trials,
                     progress=lambda s: print(s, file=sys.stderr, flush=True),
-                    fp8_kernel=a.fp8_kernel, tokens=a.tokens)
+                    fp8_ops=fp8_ops, tokens=a.tokens)
     profile = annotate(rows, gpu_name)
     a.out.mkdir(parents=True, exist_ok=True)
     tmp = a.out / "operators.csv.tmp"
@@ -285,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             "date": time.strftime("%Y-%m-%d"), "seconds": round(time.time() - t0, 1),
             "repeat": a.repeat, "trials": a.trials, "quick": a.quick,
             **({"fp8_kernel": a.fp8_kernel} if a.fp8 else {}),
-            **({"vllm": _vllm_version()} if a.fp8 and a.fp8_kernel == "vllm" else {}),
+            **({"vllm": _vllm_version()} if fp8_ops else {}),
             "command": "python -m simulator.profiler.operators " + " ".join(
                 sys.argv[1:] if argv is None else argv)}
     (a.out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
