@@ -28,7 +28,6 @@ from simulator.report_table import (
     gpu_table,
     model_table,
     summary_table,
-    validation_table,
 )
 from simulator.route import ROUTERS
 from simulator.trace import FORMATS, load_trace
@@ -256,118 +255,6 @@ def explain(
 
 
 @app.command()
-def validate(
-    runs: Annotated[list[Path] | None, typer.Argument(help="measured run folders, or folders "
-                                                        "holding them")] = None,
-    write: Annotated[Path | None, typer.Option(help="write the error table (CSV) here")] = None,
-    calibration: Annotated[str | None, typer.Option()] = None,
-    sensitivity: Annotated[bool, typer.Option(
-        help="simulate each run again with GPU work 2% slower and add TTFT/TPOT p50's % change "
-             "per 1% (how far a step-time error moves the run; large past saturation)")] = False,
-) -> None:
-    """Replay measured vLLM runs through the simulator and print the signed % errors."""
-    from simulator.paths import profiles_dir
-    from simulator.validate import find_runs, validate_run, write_table
-
-    try:
-        dirs = find_runs(runs or [profiles_dir() / "calibration" / "measurements"])
-        results = [validate_run(d, calibration, sensitivity) for d in dirs]
-        if write:
-            write_table(results, write)
-    except InputError as e:
-        _fail(e)
-        return
-    out.print(validation_table(results))
-
-
-PROFILERS = {"engine": "simulator.profiler.vllm_replay", "server": "simulator.profiler.server_replay",
-             "operators": "simulator.profiler.operators"}
-
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
-                               "help_option_names": []})
-def profile(
-    ctx: typer.Context,
-    mode: Annotated[str, typer.Argument(help="engine: replay traces through an in-process vLLM "
-                                             "engine (requests and per-step device times); "
-                                             "server: replay them against a running "
-                                             "OpenAI-compatible vLLM server (requests only); "
-                                             "operators: time the model's operators (torch)")],
-) -> None:
-    """Measure real vLLM (needs the [profile] extra). `simulate profile MODE --help` for MODE's
-    options."""
-    import importlib
-
-    if mode not in PROFILERS:
-        _fail(InputError(f"unknown profiler {mode!r}; choose one of {', '.join(PROFILERS)}",
-                         field="mode"))
-        return
-    try:
-        rc = importlib.import_module(PROFILERS[mode]).main(ctx.args)
-    except ImportError as e:
-        _fail(InputError(f"profiling needs the [profile] extra ({e.name} is not installed)",
-                         field="mode"))
-        return
-    raise typer.Exit(rc or 0)
-
-
-@app.command()
-def calibrate(
-    runs: Annotated[list[Path], typer.Argument(help="measured run folders (with steps.jsonl "
-                                                    "device times), or folders holding them")],
-    hold_out: Annotated[list[str] | None, typer.Option(help="leave runs whose path contains "
-                                                            "this out of the fit (repeatable)")]
-    = None,
-    output: Annotated[Path | None, typer.Option(help="default: profiles/calibration/<gpu>/"
-                                                     "vllm-<version>.toml")] = None,
-    error_band: Annotated[float, typer.Option(help="stated uncertainty to record")] = 0.2,
-    engine_thread_from: Annotated[Path | None, typer.Option(
-        help="a profile whose engine-thread costs were measured from timeline runs: used, "
-             "times one fitted host-speed factor, when these runs carry no timeline")] = None,
-    fix: Annotated[list[str] | None, typer.Option(
-        help="KEY=VALUE: hold a fitted value at a measurement made by other means "
-             "(repeatable)")] = None,
-    draft_runs: Annotated[str | None, typer.Option(
-        help="measure the draft model's per-pass cost on the runs (among RUNS, held out or "
-             "not) whose path contains this")] = None,
-) -> None:
-    """Fit efficiency factors and step overheads to measured vLLM steps; write a profile."""
-    from simulator.calibrate import fit, output_for, write_profile
-    from simulator.cost.calibration import load_profile
-    from simulator.paths import profiles_dir
-    from simulator.validate import find_runs
-
-    try:
-        dirs = [d for d in find_runs(runs) if not any(h in str(d) for h in hold_out or [])]
-        if not dirs:
-            raise InputError("every run is held out; nothing to fit", field="hold-out")
-        # Refitting writes over the GPU's current profile where one exists, so what it holds
-        # beyond the fitted factors (hand-measured values and their reasons) carries over; the
-        # fit itself starts from the datasheet defaults, so its result does not depend on it.
-        path = output or output_for(dirs[0])
-        base = path if path.exists() else profiles_dir() / "calibration" / "defaults.toml"
-        src = load_profile(engine_thread_from) if engine_thread_from is not None else None
-        fixed = {}
-        for item in fix or []:
-            key, _, value = item.partition("=")
-            try:
-                fixed[key.strip()] = float(value)
-            except ValueError:
-                raise InputError(f"expected KEY=NUMBER, got {item!r}", field="fix") from None
-        drafts = [d for d in find_runs(runs) if draft_runs and draft_runs in str(d)]
-        result = fit(dirs, load_profile(base), engine_thread_from=src, fixed=fixed,
-                     draft_runs=drafts)
-        write_profile(result, path, "simulate calibrate " + " ".join(sys.argv[2:]), error_band,
-                      base=base)
-    except InputError as e:
-        _fail(e)
-        return
-    for k, v in result["params"].items():
-        out.print(f"{k:22s} {v:.4g}")
-    out.print(f"fitted on {len(dirs)} runs; wrote {path}")
-
-
-@app.command()
 def gpus() -> None:
     """List the GPU profiles (and their MIG slices)."""
     out.print(gpu_table())
@@ -400,4 +287,4 @@ def main() -> None:
 
 
 # The other command groups register themselves on `app`.
-from simulator import cli_planning, cli_trace  # noqa: E402,F401
+from simulator import cli_calibration, cli_planning, cli_trace  # noqa: E402,F401

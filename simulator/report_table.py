@@ -161,3 +161,24 @@ def validation_table(results: list[dict]) -> Table:
             cells += [f"{r['elasticity'].get(key, 0.0):.1f}" for key in ELASTICITY]
         t.add_row(*cells)
     return t
+
+
+def repeatability_table(groups: list, results: list[dict]) -> Table:
+    """Per experiment measured on several hosts: each metric's floor (the least worst-case
+    error one number can have against every host, :mod:`simulator.repeatability`) and the
+    simulator's worst error over the same runs."""
+    from simulator.repeatability import KEYS
+
+    err = {r["run"]: r["error"] for r in results}
+    t = Table(title="measured on several hosts: floor (least error any single number can have) "
+                    "/ simulated worst |error|", title_justify="left")
+    t.add_column("runs")
+    t.add_column("hosts", justify="right")
+    for k in KEYS:
+        m, p = k.split(".")
+        t.add_column(f"{m[:-2].upper()} {p}", justify="right")
+    for g in groups:
+        fl = g.floor
+        t.add_row(f"{g.runs[0]} (+{len(g.runs) - 1})", str(g.hosts),
+                  *(f"{fl[k]:.1%} / {max(abs(err[r][k]) for r in g.runs):.1%}" for k in KEYS))
+    return t
