@@ -12,7 +12,7 @@ import typer
 
 from simulator.cli import _fail, app, out
 from simulator.errors import InputError
-from simulator.report_table import repeatability_table, validation_table
+from simulator.report_table import repeatability_table, targets_line, validation_table
 
 
 @app.command()
@@ -53,6 +53,7 @@ def validate(
     out.print(validation_table(results))
     if found:
         out.print(repeatability_table(found, results))
+    out.print(targets_line(results, found), highlight=False, soft_wrap=True)
 
 
 PROFILERS = {"engine": "simulator.profiler.vllm_replay", "server": "simulator.profiler.server_replay",

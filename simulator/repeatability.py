@@ -98,3 +98,10 @@ def write_table(found: list[Group], path: Path) -> None:
               for g in found]
     path.write_text("\n".join(lines) + "\n")
 
+
+
+def beyond_floor(found: list[Group], targets: dict[str, float]) -> set[tuple[str, str]]:
+    """(run, metric) pairs no single simulated number can bring within ``targets`` on every
+    run of an experiment: those of groups whose floor for the metric exceeds its target."""
+    return {(r, k) for g in found for k, tol in targets.items() if g.floor[k] > tol
+            for r in g.runs}

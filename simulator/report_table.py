@@ -182,3 +182,19 @@ def repeatability_table(groups: list, results: list[dict]) -> Table:
         t.add_row(f"{g.runs[0]} (+{len(g.runs) - 1})", str(g.hosts),
                   *(f"{fl[k]:.1%} / {max(abs(err[r][k]) for r in g.runs):.1%}" for k in KEYS))
     return t
+
+
+def targets_line(results: list[dict], groups: list) -> str:
+    """How many runs meet the accuracy targets, and how many of the misses no profile could
+    avoid because the same experiment's runs differ by more (:mod:`simulator.repeatability`)."""
+    from simulator.repeatability import beyond_floor
+    from simulator.validate import TARGETS, misses
+
+    missed = {r["run"]: misses(r["error"]) for r in results}
+    p50 = sum(not any(k.endswith("p50") for k in m) for m in missed.values())
+    pairs = [(run, k) for run, m in missed.items() for k in m]
+    floor = beyond_floor(groups, TARGETS) & set(pairs)
+    return (f"targets (TTFT/TPOT p50 within 10%, p90/p99 within 20%): all met on "
+            f"{sum(not m for m in missed.values())} of {len(results)} runs, the p50 ones on {p50}; "
+            f"{len(pairs)} misses, {len(floor)} of them where the same experiment's own runs "
+            "differ by more than the target allows (floor above it)")
