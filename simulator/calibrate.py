@@ -143,6 +143,26 @@ class Sample:
         return self.errors(cal)[0]
 
 
+def own_engine_thread(run_dir: Path, cal: CalibrationProfile) -> CalibrationProfile | None:
+    """``cal`` with the engine-thread costs (preparation, launches, harvest) measured from
+    ``run_dir``'s own timeline, or None where the run carries none. A diagnostic, not a
+    prediction: how much of a run's error is its engine's CPU speed, which differs 30-40%
+    between engines on one host and across hosts (``simulate validate --repeatability``)."""
+    try:
+        s = Sample(run_dir, 1)
+    except InputError:  # no device times at all (a run profiled without CUDA events)
+        return None
+    over = {k: v for k, (v, _) in measure([s.shape]).items()}
+    if not over:
+        return None
+    if s.fp8:  # an FP8 run alone measures its whole launch as the base, no extra on top
+        for base, extra in (("piecewise_layer_s", "piecewise_fp8_layer_s"),
+                            ("eager_layer_s", "eager_fp8_layer_s")):
+            if base in over:
+                over[extra] = 0.0
+    return cal.model_copy(update={"overhead": cal.overhead.model_copy(update=over)})
+
+
 def _with(base: dict, names: list[tuple[str, str]], x,
           carried: dict[str, float] | None = None) -> CalibrationProfile:
     """``base`` with the named values set; ``("engine_thread", "host_speed")`` scales the

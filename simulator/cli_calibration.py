@@ -24,6 +24,11 @@ def validate(
     sensitivity: Annotated[bool, typer.Option(
         help="simulate each run again with GPU work 2% slower and add TTFT/TPOT p50's % change "
              "per 1% (how far a step-time error moves the run; large past saturation)")] = False,
+    own_engine_thread: Annotated[bool, typer.Option(
+        help="a diagnostic, not a prediction: simulate each run with the engine thread's costs "
+             "(preparation, launches, harvest) measured from its own timeline instead of the "
+             "profile's, to see how much of its error is its engine's CPU speed (runs without "
+             "a timeline keep the profile's; needs the [calibrate] extra)")] = False,
     repeatability: Annotated[Path | None, typer.Option(
         help="write the floors of runs measured more than once (same engine, config and "
              "requests on other hosts) here (CSV): the least error one simulated number can "
@@ -38,7 +43,7 @@ def validate(
     try:
         dirs = find_runs(runs or [profiles_dir() / "calibration" / "measurements"])
         found = rep.groups(dirs)  # measured values only: cheap, and checks the folders first
-        results = [validate_run(d, calibration, sensitivity) for d in dirs]
+        results = [validate_run(d, calibration, sensitivity, own_engine_thread) for d in dirs]
         for path, writer, rows in ((write, write_table, results),
                                    (repeatability, rep.write_table, found)):
             if path:

@@ -137,8 +137,10 @@ def model_table() -> Table:
 
 
 def validation_table(results: list[dict]) -> Table:
-    t = Table(title="simulated vs measured vLLM: signed error (simulated / measured - 1)",
-              title_justify="left")
+    own = any("own_engine_thread" in r for r in results)
+    t = Table(title="simulated vs measured vLLM: signed error (simulated / measured - 1)" + (
+        "; * with the engine thread's costs measured from the run's own timeline (a diagnostic, "
+        "not a prediction)" if own else ""), title_justify="left")
     t.add_column("run")
     cols = [("ttft_s", p) for p in ("p50", "p90", "p99")] + [("tpot_s", p) for p in
                                                              ("p50", "p90", "p99")]
@@ -155,7 +157,8 @@ def validation_table(results: list[dict]) -> Table:
             t.add_column(f"{m[:-2].upper()} {p} /1% GPU", justify="right")
     for r in results:
         e = r["error"]
-        cells = [r["run"], *(f"{e[f'{m}.{p}']:+.1%}" for m, p in cols),
+        cells = [r["run"] + (" *" if r.get("own_engine_thread") else ""),
+                 *(f"{e[f'{m}.{p}']:+.1%}" for m, p in cols),
                  f"{e['request_throughput']:+.1%}"]
         if extra:
             cells += [f"{r['elasticity'].get(key, 0.0):.1f}" for key in ELASTICITY]
@@ -196,5 +199,5 @@ def targets_line(results: list[dict], groups: list) -> str:
     floor = beyond_floor(groups, TARGETS) & set(pairs)
     return (f"targets (TTFT/TPOT p50 within 10%, p90/p99 within 20%): all met on "
             f"{sum(not m for m in missed.values())} of {len(results)} runs, the p50 ones on {p50}; "
-            f"{len(pairs)} misses, {len(floor)} of them where the same experiment's own runs "
-            "differ by more than the target allows (floor above it)")
+            f"{len(pairs)} miss{'es' if len(pairs) != 1 else ''}, {len(floor)} of them where the "
+            "same experiment's own runs differ by more than the target allows (floor above it)")

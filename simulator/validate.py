@@ -77,14 +77,24 @@ def load_run(run_dir: Path) -> tuple[SimulationConfig, list[Request], list[dict]
 
 
 def validate_run(run_dir: Path, calibration: str | None = None,
-                 sensitivity: bool = False) -> dict:
+                 sensitivity: bool = False, own_engine_thread: bool = False) -> dict:
     """Simulate one measured run; return measured, simulated and signed errors, and with
     ``sensitivity`` each metric's elasticity to the GPU's speed (:mod:`simulator.sensitivity`:
-    the run simulated again with GPU work 2% slower)."""
+    the run simulated again with GPU work 2% slower). With ``own_engine_thread`` the engine
+    thread's costs are the run's own, measured from its timeline where it has one
+    (:func:`simulator.calibrate.own_engine_thread`; ``own_engine_thread`` in the result says
+    whether it had)."""
     cfg, reqs, rows, meta = load_run(run_dir)
     if calibration is not None:
         cfg = cfg.model_copy(update={"calibration": calibration})
     dep = resolve(cfg)
+    own = None
+    if own_engine_thread:
+        from simulator.calibrate import own_engine_thread as measured_thread
+
+        own = measured_thread(run_dir, dep.calibration)
+        if own is not None:
+            dep = with_calibration(dep, own)
     sim = run_simulation(cfg, reqs, deployment=dep).summary
     meas = profiler_summary(rows)[0]
     err = {f"{m}.{p}": sim[m][p] / meas[m][p] - 1 for m in METRICS for p in PCTS}
@@ -93,6 +103,8 @@ def validate_run(run_dir: Path, calibration: str | None = None,
            "simulated": {k: sim[k] for k in (*METRICS, "request_throughput")},
            "error": err, "kv_blocks": {"measured": meta["num_gpu_blocks"],
                                        "simulated": sim["config"]["kv_cache_blocks_per_replica"]}}
+    if own_engine_thread:
+        out["own_engine_thread"] = own is not None
     if sensitivity:
         fresh = load_run(run_dir)[1]  # the first simulation stamped its requests
         slow = run_simulation(cfg, fresh, deployment=with_calibration(
