@@ -57,6 +57,7 @@ PARAMS = (
     ("efficiency", "moe_gemm", 0.05, 1.0),
     ("efficiency", "gemm_roofline_p", 1.0, 30.0),  # 1: compute and memory times add up
     ("efficiency", "gemm_compute_decay", 0.0, 0.5),
+    ("efficiency", "gemm_compute_decay_fp8", -0.3, 0.3),
     ("efficiency", "power_slowdown", 0.0, 1.0),
     ("overhead", "step_s", 0.0, 0.02),
     ("overhead", "per_seq_s", 0.0, 1e-4),
@@ -71,7 +72,7 @@ PARAMS = (
     ("overhead", "output_s", 0.0, 0.02),
     ("overhead", "output_seq_s", 0.0, 1e-4),
 )
-FP8_ONLY = ("gemm_compute_fp8", "gemm_memory_fp8", "prefill_step_fp8_s")
+FP8_ONLY = ("gemm_compute_fp8", "gemm_memory_fp8", "prefill_step_fp8_s", "gemm_compute_decay_fp8")
 MOE_ONLY = ("moe_gemm", "eager_moe_layer_s", "moe_layer_s")
 STEPS_PER_RUN = 1500  # evenly spaced sample of each run's steps: enough to pin 8 factors
 
@@ -179,8 +180,11 @@ def _with(base: dict, names: list[tuple[str, str]], x,
 
 def fit(run_dirs: list[Path], base: CalibrationProfile, per_run: int = STEPS_PER_RUN,
         engine_thread_from: CalibrationProfile | None = None,
-        fixed: dict[str, float] | None = None, draft_runs: list[Path] | None = None) -> dict:
-    """Fitted profile data plus per-run residual statistics. ``engine_thread_from``: a profile
+        fixed: dict[str, float] | None = None, draft_runs: list[Path] | None = None,
+        fp8_decay: bool = False) -> dict:
+    """Fitted profile data plus per-run residual statistics. ``fp8_decay``: fit 8-bit GEMMs'
+    rate past 2,048 tokens apart from 16-bit GEMMs' (``gemm_compute_decay_fp8``; otherwise they
+    share ``gemm_compute_decay``). ``engine_thread_from``: a profile
     whose engine-thread costs were measured (``provenance.measured``); where no run here
     carries the timeline, those costs are carried over times one fitted host-speed factor."""
     try:
@@ -195,6 +199,7 @@ def fit(run_dirs: list[Path], base: CalibrationProfile, per_run: int = STEPS_PER
         raise InputError(f"runs from several GPUs ({', '.join(sorted(gpus))}): fit one GPU at a time")
     active = [p for p in PARAMS
               if not (p[1] in FP8_ONLY and not any(s.fp8 for s in samples))
+              and (fp8_decay or p[1] != "gemm_compute_decay_fp8")
               and not (p[1] in MOE_ONLY and not any(s.moe for s in samples))]
     data = base.model_dump(exclude={"path"})
     # Where runs carry the engine thread's timeline, its costs are measured, not fitted.
@@ -225,7 +230,8 @@ def fit(run_dirs: list[Path], base: CalibrationProfile, per_run: int = STEPS_PER
     origin = load_profile(profiles_dir() / "calibration" / "defaults.toml").model_dump(
         exclude={"path"})
     # A launch time of 0 has no gradient where it never binds: start it where it binds sometimes.
-    start = {"gemm_roofline_p": 4.0, "gemm_compute_decay": 0.02, "power_slowdown": 0.05,
+    start = {"gemm_roofline_p": 4.0, "gemm_compute_decay": 0.02, "gemm_compute_decay_fp8": 0.02,
+             "power_slowdown": 0.05,
              "eager_layer_s": 1e-3,
              "eager_moe_layer_s": 1e-4,
              "prefill_step_fp8_s": 1e-3, "moe_layer_s": 1e-5, "cpu_step_s": 1e-3,

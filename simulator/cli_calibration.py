@@ -111,6 +111,9 @@ def calibrate(
     draft_runs: Annotated[str | None, typer.Option(
         help="measure the draft model's per-pass cost on the runs (among RUNS, held out or "
              "not) whose path contains this")] = None,
+    fit_fp8_decay: Annotated[bool, typer.Option(
+        help="fit FP8/INT8 GEMMs' rate past 2,048 tokens apart from 16-bit GEMMs' "
+             "(gemm_compute_decay_fp8, may grow: negative); default: they share one")] = False,
 ) -> None:
     """Fit efficiency factors and step overheads to measured vLLM steps; write a profile."""
     from simulator.calibrate import fit, output_for, write_profile
@@ -137,7 +140,7 @@ def calibrate(
                 raise InputError(f"expected KEY=NUMBER, got {item!r}", field="fix") from None
         drafts = [d for d in find_runs(runs) if draft_runs and draft_runs in str(d)]
         result = fit(dirs, load_profile(base), engine_thread_from=src, fixed=fixed,
-                     draft_runs=drafts)
+                     draft_runs=drafts, fp8_decay=fit_fp8_decay)
         write_profile(result, path, "simulate calibrate " + " ".join(sys.argv[2:]), error_band,
                       base=base)
     except InputError as e:

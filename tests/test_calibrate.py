@@ -109,3 +109,17 @@ def test_refitting_does_not_depend_on_the_profile_it_replaces():
     again = fit(runs, moved, per_run=150)
     assert "gemm_compute" in first["params"] and "attn_decode_memory" in first["params"]
     assert again["params"] == pytest.approx(first["params"], rel=1e-9)
+
+
+def test_fit_fp8_decay_moves_fp8_gemms_growth_only_when_asked():
+    """--fit-fp8-decay fits gemm_compute_decay_fp8 on FP8 runs; without it the exponent stays
+    shared (the H100 profile's command), and 16-bit runs alone never fit it."""
+    from simulator.calibrate import fit
+
+    base = load_profile(profiles_dir() / "calibration" / "defaults.toml")
+    fp8 = [H200 / "llama8b-fp8" / "az-r40", H200 / "llama8b-fp8" / "prefill-sweep"]
+    asked = fit(fp8, base, per_run=200, fp8_decay=True)["params"]
+    assert "gemm_compute_decay_fp8" in asked and -0.3 <= asked["gemm_compute_decay_fp8"] <= 0.3
+    assert "gemm_compute_decay_fp8" not in fit(fp8, base, per_run=200)["params"]
+    bf16 = [H200 / "llama8b-bf16" / "az-r40"]
+    assert "gemm_compute_decay_fp8" not in fit(bf16, base, per_run=200, fp8_decay=True)["params"]

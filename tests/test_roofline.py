@@ -139,6 +139,30 @@ def test_gemm_compute_slows_past_2048_tokens_by_the_fitted_decay(tmp_path):
     assert gemm_s(b, 8192) == pytest.approx(gemm_s(a, 8192) * 4 ** 0.1, rel=1e-9)
 
 
+def test_fp8_gemms_take_their_own_decay_where_the_profile_has_one(tmp_path):
+    """gemm_compute_decay_fp8 replaces the shared exponent for W8A8 GEMMs only (negative: their
+    rate grows past 2,048 tokens); bf16 GEMMs keep the shared one; absent, FP8 shares it."""
+    from simulator.config import EngineArgs
+    from tests.conftest import UNIT_CAL
+
+    shared, own = tmp_path / "shared.toml", tmp_path / "own.toml"
+    shared.write_text(UNIT_CAL.replace("gemm_compute = 1.0", "gemm_compute = 1.0\n"
+                                       "gemm_compute_fp8 = 1.0\ngemm_compute_decay = 0.1"))
+    own.write_text(shared.read_text().replace("gemm_compute_decay = 0.1", "gemm_compute_decay = "
+                                              "0.1\ngemm_compute_decay_fp8 = -0.2"))
+
+    def gemm_s(cal, quantization, tokens):
+        rf = _dep(str(cal), engine=EngineArgs(quantization=quantization)).roofline
+        rows = rf.explain(0, 0.0, [(tokens, 0)], 1)
+        return sum(r.time_s for r in rows if r.name in ("attn_proj(qkv,o)", "mlp"))
+
+    assert gemm_s(own, None, 8192) == pytest.approx(gemm_s(shared, None, 8192))
+    assert gemm_s(own, "fp8", 2048) == pytest.approx(gemm_s(shared, "fp8", 2048))
+    # 8,192 FP8 tokens, compute-bound: rate x 4 ** 0.2 instead of x 4 ** -0.1
+    assert gemm_s(own, "fp8", 8192) == pytest.approx(gemm_s(shared, "fp8", 8192) * 4 ** -0.3,
+                                                     rel=1e-9)
+
+
 def test_step_cost_is_the_same_from_the_memo_and_after_it_is_cleared(monkeypatch):
     from simulator.cost import roofline
 

@@ -46,6 +46,9 @@ class Efficiency(BaseModel):
     # show serving-shape GEMMs slowing past 2k tokens (Llama-3.1-8B's layer on the H200: 0.71 of
     # peak at 2,048, 0.68 at 8,192). None: flat.
     gemm_compute_decay: float | None = Field(default=None, ge=0, le=0.5)
+    # The same exponent for 8-bit (FP8/INT8 W8A8) GEMMs where fitted apart; negative: their rate
+    # grows past 2,048 tokens. None: the shared one.
+    gemm_compute_decay_fp8: float | None = Field(default=None, ge=-0.5, le=0.5)
     # W4A16 (AWQ/GPTQ on Marlin kernels), relative to the 16-bit GEMM: compute rate (dequantising
     # in registers) and achieved bandwidth streaming the 4-bit weights.
     w4a16_compute: float | None = Field(default=None, gt=0, le=2)

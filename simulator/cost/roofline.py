@@ -95,7 +95,8 @@ class Roofline(FixedCosts):
         self.rc_head = gpu.peak_flops(prec.attn_dtype) * e.gemm_compute
         self.rm_head = bw * e.gemm_memory
         self.gemm_p = e.gemm_roofline_p or INF
-        self.gemm_decay = e.gemm_compute_decay or 0.0
+        self.gemm_decay = (e.gemm_compute_decay_fp8 if eight and e.gemm_compute_decay_fp8
+                           is not None else e.gemm_compute_decay) or 0.0
         self.rm_gemm = bw * (e.gemm_memory_fp8 if eight and e.gemm_memory_fp8 else e.gemm_memory)
         self.fp8_step = prec.gemm_dtype in ("fp8", "int8")
         if w4:  # Marlin: dequantise in registers, stream 4-bit weights
