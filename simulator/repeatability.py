@@ -94,14 +94,17 @@ def write_table(found: list[Group], path: Path) -> None:
     """One row per group: its runs (space-separated), hosts, and each metric's floor (read back
     with :func:`simulator.validate.read_table`, the error table's reader)."""
     lines = [",".join(("runs", "hosts", *KEYS))]
-    lines += [",".join((" ".join(g.runs), str(g.hosts), *(f"{g.floor[k]:.4f}" for k in KEYS)))
-              for g in found]
+    for g in found:
+        fl = g.floor
+        lines.append(",".join((" ".join(g.runs), str(g.hosts), *(f"{fl[k]:.4f}" for k in KEYS))))
     path.write_text("\n".join(lines) + "\n")
-
 
 
 def beyond_floor(found: list[Group], targets: dict[str, float]) -> set[tuple[str, str]]:
     """(run, metric) pairs no single simulated number can bring within ``targets`` on every
     run of an experiment: those of groups whose floor for the metric exceeds its target."""
-    return {(r, k) for g in found for k, tol in targets.items() if g.floor[k] > tol
-            for r in g.runs}
+    out = set()
+    for g in found:
+        fl = g.floor  # derived on each access: once per group
+        out |= {(r, k) for k, tol in targets.items() if fl[k] > tol for r in g.runs}
+    return out
