@@ -294,7 +294,7 @@ def fit(run_dirs: list[Path], base: CalibrationProfile, per_run: int = STEPS_PER
         params["request_latency_s"] = latency
     return {"profile": cal, "params": params, "alone_requests": n_alone,
             "measured": {k: n for k, (_, n) in measured.items()},
-            "carried": ({"from": engine_thread_from.name, "host_speed": speed, "keys": sorted(carried)}
+            "carried": ({"from": engine_thread_from.name, "host_speed": speed, "values": carried}
                         if speed is not None else None),
             "fixed": dict(fixed or {}),
             "runs": per_run, "gpu": samples[0].gpu.name, "meta": samples[0].meta,
@@ -360,7 +360,12 @@ def write_profile(result: dict, out: Path, command: str, error_band: float,
                 if result.get("fixed") else []),
               *([f"# engine-thread costs carried from {c['from']} (measured there) x a fitted host "
                  f"speed factor", f"engine_thread_from = {json.dumps(c['from'])}",
-                 f"host_speed = {c['host_speed']:.4g}"] if (c := result.get("carried")) else []),
+                 f"host_speed = {c['host_speed']:.6g}",
+                 "# the values carried, as that profile held them: refitting it changes them, and"
+                 " then this profile must be refitted too (a test checks they still agree)",
+                 "engine_thread_source = { " + ", ".join(
+                     f"{k} = {v:.6g}" for k, v in sorted(c["values"].items())) + " }"]
+                if (c := result.get("carried")) else []),
               f"max_tensor_parallel_size = {result['max_tensor_parallel_size']}",
               f"max_model_len = {result['max_model_len']}",
               f"command = {json.dumps(command)}",

@@ -123,3 +123,52 @@ def test_fit_fp8_decay_moves_fp8_gemms_growth_only_when_asked():
     assert "gemm_compute_decay_fp8" not in fit(fp8, base, per_run=200)["params"]
     bf16 = [H200 / "llama8b-bf16" / "az-r40"]
     assert "gemm_compute_decay_fp8" not in fit(bf16, base, per_run=200, fp8_decay=True)["params"]
+
+
+def test_carried_engine_thread_costs_are_recorded_with_the_values_they_came_from(tmp_path):
+    """Runs without the engine thread's timeline (the H100's) carry its costs from a profile
+    that measured them, times one fitted host speed; the written profile records the values it
+    carried, so each of its engine-thread numbers traces to source x host_speed."""
+    from simulator.calibrate import fit, write_profile
+
+    h100 = profiles_dir() / "calibration" / "measurements" / "h100-sxm" / "vllm-0.25.1"
+    src = load_profile(profiles_dir() / "calibration" / "h200" / "vllm-0.25.1.toml")
+    base = load_profile(profiles_dir() / "calibration" / "defaults.toml")
+    result = fit([h100 / "llama8b-bf16" / "az-r8"], base, per_run=150, engine_thread_from=src)
+    carried = result["carried"]
+    assert carried["from"] == src.name and 0.3 <= carried["host_speed"] <= 3.0
+    assert carried["values"] == {k: getattr(src.overhead, k) for k in carried["values"]}
+    assert {"cpu_step_s", "eager_layer_s", "output_s"} <= set(carried["values"])
+    out = write_profile(result, tmp_path / "h100.toml", "simulate calibrate ...", 0.6)
+    prov = tomllib.loads(out.read_text())["provenance"]
+    assert prov["engine_thread_from"] == src.name
+    assert prov["engine_thread_source"] == pytest.approx(carried["values"], rel=1e-5)
+    written = load_profile(out).overhead
+    for k, v in prov["engine_thread_source"].items():
+        assert getattr(written, k) == pytest.approx(v * prov["host_speed"], rel=1e-5), k
+    assert written.cpu_step_s != pytest.approx(src.overhead.cpu_step_s, rel=0.01)  # scaled
+
+
+def test_committed_profiles_agree_with_the_profiles_they_carry_engine_thread_costs_from():
+    """A profile fitted with --engine-thread-from depends on that profile's measured values:
+    refitting the source (new hosts' timelines move them) without refitting the dependent
+    would leave the dependent's recorded command no longer reproducing it. So the values it
+    recorded must still be the source's, and its own must be them x its host speed."""
+    root = profiles_dir() / "calibration"
+    profiles = {load_profile(p).name: p for p in root.glob("*/*.toml")}
+    dependents = 0
+    for path in profiles.values():
+        prov = tomllib.loads(path.read_text()).get("provenance", {})
+        if "engine_thread_from" not in prov:
+            continue
+        dependents += 1
+        src = load_profile(profiles[prov["engine_thread_from"]]).overhead
+        own = load_profile(path).overhead
+        recorded = prov["engine_thread_source"]
+        assert recorded, path
+        for k, v in recorded.items():
+            assert getattr(src, k) == pytest.approx(v, rel=1e-5), (
+                f"{path}: {k} was carried as {v}, its source now holds {getattr(src, k)}: "
+                "refit this profile with its recorded command")
+            assert getattr(own, k) == pytest.approx(v * prov["host_speed"], rel=1e-5), (path, k)
+    assert dependents >= 1  # the H100's
