@@ -181,12 +181,15 @@ def _with(base: dict, names: list[tuple[str, str]], x,
 def fit(run_dirs: list[Path], base: CalibrationProfile, per_run: int = STEPS_PER_RUN,
         engine_thread_from: CalibrationProfile | None = None,
         fixed: dict[str, float] | None = None, draft_runs: list[Path] | None = None,
-        fp8_decay: bool = False) -> dict:
+        fp8_decay: bool = False, fit_carried: list[str] | None = None) -> dict:
     """Fitted profile data plus per-run residual statistics. ``fp8_decay``: fit 8-bit GEMMs'
     rate past 2,048 tokens apart from 16-bit GEMMs' (``gemm_compute_decay_fp8``; otherwise they
     share ``gemm_compute_decay``). ``engine_thread_from``: a profile
     whose engine-thread costs were measured (``provenance.measured``); where no run here
-    carries the timeline, those costs are carried over times one fitted host-speed factor."""
+    carries the timeline, those costs are carried over times one fitted host-speed factor, but
+    for those named in ``fit_carried``, fitted here instead: an MoE layer's eager launch does not
+    follow a host's dense launches (two H200 hosts: 1.57 and 1.21 ms per MoE layer against 0.44
+    and 0.61 per dense one), so one factor cannot carry both."""
     try:
         import numpy as np
         from scipy.optimize import least_squares
@@ -215,12 +218,20 @@ def fit(run_dirs: list[Path], base: CalibrationProfile, per_run: int = STEPS_PER
         data[sec][key] = v
     active = [p for p in active if p[1] not in (fixed or {})]
     carried: dict[str, float] = {}
+    if fit_carried and (measured or engine_thread_from is None):
+        raise InputError("only costs carried with --engine-thread-from can be fitted instead",
+                         field="fit-carried")
     if not measured and engine_thread_from is not None:
         keys = ((engine_thread_from.model_extra or {}).get("provenance") or {}).get("measured") or {}
         if not keys:
             raise InputError("its engine-thread costs were not measured (no provenance.measured)",
                              file=engine_thread_from.path, field="engine-thread-from")
         carried = {k: getattr(engine_thread_from.overhead, k) for k in keys}
+        for k in fit_carried or []:
+            if k not in carried or k not in {p[1] for p in active}:
+                raise InputError(f"not a carried engine-thread cost these runs can fit: {k}",
+                                 field="fit-carried")
+            del carried[k]
         active = [p for p in active if p[1] not in carried] + [
             ("engine_thread", "host_speed", 0.3, 3.0)]
     names = [(sec, key) for sec, key, _, _ in active]

@@ -111,6 +111,10 @@ def calibrate(
     draft_runs: Annotated[str | None, typer.Option(
         help="measure the draft model's per-pass cost on the runs (among RUNS, held out or "
              "not) whose path contains this")] = None,
+    fit_carried: Annotated[list[str] | None, typer.Option(
+        help="an engine-thread cost to fit on these runs instead of carrying it from "
+             "--engine-thread-from (repeatable): one whose speed does not follow the host's "
+             "other launches, such as eager_moe_layer_s")] = None,
     fit_fp8_decay: Annotated[bool, typer.Option(
         help="fit FP8/INT8 GEMMs' rate past 2,048 tokens apart from 16-bit GEMMs' "
              "(gemm_compute_decay_fp8, may grow: negative); default: they share one")] = False,
@@ -140,7 +144,7 @@ def calibrate(
                 raise InputError(f"expected KEY=NUMBER, got {item!r}", field="fix") from None
         drafts = [d for d in find_runs(runs) if draft_runs and draft_runs in str(d)]
         result = fit(dirs, load_profile(base), engine_thread_from=src, fixed=fixed,
-                     draft_runs=drafts, fp8_decay=fit_fp8_decay)
+                     draft_runs=drafts, fp8_decay=fit_fp8_decay, fit_carried=fit_carried)
         write_profile(result, path, "simulate calibrate " + " ".join(sys.argv[2:]), error_band,
                       base=base)
     except InputError as e:

@@ -172,3 +172,32 @@ def test_committed_profiles_agree_with_the_profiles_they_carry_engine_thread_cos
                 "refit this profile with its recorded command")
             assert getattr(own, k) == pytest.approx(v * prov["host_speed"], rel=1e-5), (path, k)
     assert dependents >= 1  # the H100's
+
+
+def test_fit_carried_fits_a_carried_cost_on_the_runs_instead(tmp_path):
+    """--fit-carried eager_moe_layer_s: an MoE layer's eager launch does not follow a host's
+    dense launches, so on a host without a timeline it is fitted on its own MoE runs rather than
+    carried at the dense host factor; it then leaves the carried values, and asking for a cost
+    that is not carried (or runs that cannot fit it) is a one-line error."""
+    from simulator.calibrate import fit
+    from simulator.errors import InputError
+
+    h100 = profiles_dir() / "calibration" / "measurements" / "h100-sxm" / "vllm-0.25.1"
+    src = load_profile(profiles_dir() / "calibration" / "h200" / "vllm-0.25.1.toml")
+    base = load_profile(profiles_dir() / "calibration" / "defaults.toml")
+    runs = [h100 / "qwen3-30b-a3b-bf16" / "az-r2", h100 / "llama8b-bf16" / "az-r8"]
+    carried = fit(runs, base, per_run=150, engine_thread_from=src)
+    speed = carried["carried"]["host_speed"]
+    assert carried["params"]["eager_moe_layer_s"] == pytest.approx(
+        src.overhead.eager_moe_layer_s * speed, rel=1e-9)
+    own = fit(runs, base, per_run=150, engine_thread_from=src, fit_carried=["eager_moe_layer_s"])
+    assert "eager_moe_layer_s" not in own["carried"]["values"]
+    assert set(own["carried"]["values"]) == set(carried["carried"]["values"]) - {"eager_moe_layer_s"}
+    # Fitted on the H100's MoE runs it lands well below the H200's first host's 0.98 ms x speed.
+    moe = own["params"]["eager_moe_layer_s"]
+    assert 0 < moe < 0.8 * src.overhead.eager_moe_layer_s * own["carried"]["host_speed"]
+    with pytest.raises(InputError, match="not a carried engine-thread cost"):
+        fit([h100 / "llama8b-bf16" / "az-r8"], base, per_run=150, engine_thread_from=src,
+            fit_carried=["eager_moe_layer_s"])  # no MoE run: nothing to fit it on
+    with pytest.raises(InputError, match="only costs carried"):
+        fit(runs, base, per_run=150, fit_carried=["eager_moe_layer_s"])
