@@ -173,11 +173,18 @@ def test_server_replay_records_requests_prefix_hits_and_server_config(vllm_serve
         assert r["generated"] == want["output_tokens"]
         assert r["prompt_tokens"] == want["input_tokens"]
         assert r["arrival_s"] <= r["first_token_s"] <= r["finish_s"]
-        assert 1 <= r["decode_steps"] <= want["output_tokens"] - 1
+        # One chunk per engine step, each with its one token, unless the server merged steps
+        # for a client that read late (then the chunk says so, and the replay warns).
+        if r["multi_token_chunks"] == 0:
+            assert r["decode_steps"] == want["output_tokens"] - 1
+        else:
+            assert r["decode_steps"] < want["output_tokens"] - 1
+            assert "read the stream late" in p.stderr
     # The same cache hits as the in-process engine test: two shared 128-token blocks.
     assert [r["cached_tokens"] for r in reqs] == [0, 0] + [256] * 10
     meta = json.loads((out / "meta.json").read_text())
     assert meta["source"] == "openai-server" and meta["served_model"] == "tiny"
+    assert meta["multi_token_chunks"] == sum(r["multi_token_chunks"] for r in reqs)
     assert meta["num_gpu_blocks"] > 0 and meta["block_size"] == 128  # from /metrics
     assert meta["engine_args"]["max_num_seqs"] == 16 and meta["vllm"]
     res = validate_run(out)  # replayed through the simulator with the recorded config
@@ -283,3 +290,28 @@ def test_warmup_covers_every_step_size_class_up_to_the_batch_budget():
     assert sizes[:4] == [16, 17, 32, 33] and sizes[-1] == 8192 and 4097 in sizes
     assert all(n <= 8192 for n in sizes) and len(sizes) == 19
     assert max(warmup_sizes(8192, 2048)) <= 2040  # no prompt longer than the model accepts
+
+
+def test_server_stream_chunks_count_steps_and_say_when_steps_were_merged():
+    """The server replay's accounting of a streamed completion (no server needed): one chunk
+    per engine step, the first stamps the first token; a chunk of several tokens (a client that
+    read late, so the server merged steps) is one step and is counted as such; the usage chunk
+    has the totals; a tokenizer-less server's empty-text chunks count one token each."""
+    from simulator.profiler.server_replay import take_chunk
+
+    rec = {"first_token_s": None, "generated": 0, "decode_steps": 0, "multi_token_chunks": 0,
+           "cached_tokens": None}
+    stream = [(0.10, {"choices": [{"text": "", "token_ids": [5], "finish_reason": None}]}),
+              (0.12, {"choices": [{"text": "", "token_ids": [6], "finish_reason": None}]}),
+              (0.19, {"choices": [{"text": "", "token_ids": [7, 8, 9], "finish_reason": "length"}]}),
+              (0.19, {"choices": [], "usage": {"completion_tokens": 5, "prompt_tokens": 40,
+                                               "prompt_tokens_details": {"cached_tokens": 32}}})]
+    for t, chunk in stream:
+        take_chunk(rec, chunk, t)
+    assert rec["first_token_s"] == 0.10 and rec["decode_steps"] == 2
+    assert rec["multi_token_chunks"] == 1 and rec["generated"] == 5
+    assert rec["cached_tokens"] == 32 and rec["prompt_tokens"] == 40
+    bare = {"first_token_s": None, "generated": 0, "decode_steps": 0, "multi_token_chunks": 0}
+    for t in (0.1, 0.2, 0.3):
+        take_chunk(bare, {"choices": [{"text": "", "finish_reason": None}]}, t)
+    assert bare["generated"] == 3 and bare["decode_steps"] == 2 and not bare["multi_token_chunks"]

@@ -14,7 +14,10 @@ started with ``--skip-tokenizer-init`` and ``--load-format dummy`` (random weigh
 Recorded per request (``requests.jsonl``, the same fields ``vllm_replay`` writes): arrival, first
 token and finish times in seconds from replay start, taken on the client when each streamed chunk
 arrives; generated tokens (the final usage chunk, ``stream_options.include_usage``); chunks after
-the first (``decode_steps``: vLLM streams one chunk per engine step that produced tokens); the
+the first (``decode_steps``: vLLM streams one chunk per engine step that produced tokens); chunks
+that held several tokens (``multi_token_chunks``: speculative decoding's accepted drafts, or,
+without it, a client that read the stream late, so that the server merged steps: those tokens'
+times are late, and the replay warns); the
 prefix-cache hit where the server reports ``usage.prompt_tokens_details.cached_tokens``.
 
 **Request level only.** A client cannot see engine steps, so there is no ``steps.jsonl``: such a
@@ -66,12 +69,37 @@ def cache_blocks(metrics: str | None) -> tuple[int | None, int | None]:
     return None, None
 
 
+def take_chunk(rec: dict, chunk: dict, now: float) -> None:
+    """Account one streamed chunk, received ``now``, in the request's record: the first that
+    carries tokens stamps the first token, each later one is a decode step, one that carries
+    several tokens is counted (``multi_token_chunks``), and the usage chunk gives the totals."""
+    for c in chunk.get("choices") or []:
+        ids = c.get("token_ids")
+        got = len(ids or []) or (1 if c.get("text") else 0)
+        if ids and len(ids) > 1:
+            rec["multi_token_chunks"] += 1
+        if not got and c.get("finish_reason") is None:
+            got = 1  # a tokenizer-less server streams empty text, one chunk per step
+        if not got:
+            continue
+        rec["generated"] += got
+        if rec["first_token_s"] is None:
+            rec["first_token_s"] = now
+        else:
+            rec["decode_steps"] += 1
+    usage = chunk.get("usage")
+    if usage:
+        rec["generated"] = usage.get("completion_tokens", rec["generated"])
+        details = usage.get("prompt_tokens_details") or {}
+        rec["cached_tokens"] = details.get("cached_tokens")
+        rec["prompt_tokens"] = usage.get("prompt_tokens")
+
+
 async def one_request(session, url: str, model: str, rid: str, row: dict, ids: list[int],
                       start: float, rec: dict) -> None:
     body = {"model": model, "prompt": ids, "max_tokens": row["output_tokens"],
             "min_tokens": row["output_tokens"], "ignore_eos": True, "temperature": 0.0,
             "stream": True, "stream_options": {"include_usage": True}, "return_token_ids": True}
-    first = True
     async with session.post(f"{url}/v1/completions", json=body) as r:
         if r.status != 200:
             rec["error"] = f"HTTP {r.status}: {(await r.text())[:200]}"
@@ -83,25 +111,7 @@ async def one_request(session, url: str, model: str, rid: str, row: dict, ids: l
             data = line[5:].strip()
             if data == "[DONE]":
                 break
-            chunk = json.loads(data)
-            now = time.perf_counter() - start
-            for c in chunk.get("choices") or []:
-                got = len(c.get("token_ids") or []) or (1 if c.get("text") else 0)
-                if not got and c.get("finish_reason") is None:
-                    got = 1  # a tokenizer-less server streams empty text, one chunk per step
-                if not got:
-                    continue
-                rec["generated"] += got
-                if first:
-                    rec["first_token_s"], first = now, False
-                else:
-                    rec["decode_steps"] += 1
-            usage = chunk.get("usage")
-            if usage:
-                rec["generated"] = usage.get("completion_tokens", rec["generated"])
-                details = usage.get("prompt_tokens_details") or {}
-                rec["cached_tokens"] = details.get("cached_tokens")
-                rec["prompt_tokens"] = usage.get("prompt_tokens")
+            take_chunk(rec, json.loads(data), time.perf_counter() - start)
     rec["finish_s"] = time.perf_counter() - start
 
 
@@ -113,7 +123,7 @@ async def replay(url: str, rows: list[dict], vocab: int, seed: int, hash_block: 
     recs = [{"request_id": r.get("request_id", str(i)), "arrival_s": r["arrival_s"],
              "input_tokens": r["input_tokens"], "output_tokens": r["output_tokens"],
              "first_token_s": None, "finish_s": None, "generated": 0, "decode_steps": 0,
-             "cached_tokens": None} for i, r in enumerate(rows)]
+             "multi_token_chunks": 0, "cached_tokens": None} for i, r in enumerate(rows)]
     timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                      timeout=timeout) as session:
@@ -203,9 +213,15 @@ def main(argv: list[str] | None = None) -> int:
             "num_gpu_blocks": blocks, "block_size": block_size,
             "enable_prefix_caching": a.enable_prefix_caching, "hash_block": a.hash_block,
             "step_timing": "none (request level only)", "replay_wall_s": wall,
+            "multi_token_chunks": sum(r["multi_token_chunks"] for r in recs),
             "command": "python -m simulator.profiler.server_replay " + " ".join(
                 sys.argv[1:] if argv is None else argv),
         }
+        late = sum(1 for r in recs if r["multi_token_chunks"])
+        if late and not a.speculative_config:
+            print(f"warning: {path}: {late} of {len(recs)} requests got chunks of several tokens: "
+                  "the client read the stream late and the server merged steps, so their token "
+                  "times are late (replay from a less loaded client)", file=sys.stderr)
         out = a.out / path.stem
         print(f"{path.stem}: {write_run(out, recs, meta)} -> {out}", flush=True)
     return 0
