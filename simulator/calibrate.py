@@ -218,22 +218,23 @@ def fit(run_dirs: list[Path], base: CalibrationProfile, per_run: int = STEPS_PER
         data[sec][key] = v
     active = [p for p in active if p[1] not in (fixed or {})]
     carried: dict[str, float] = {}
-    if fit_carried and (measured or engine_thread_from is None):
-        raise InputError("only costs carried with --engine-thread-from can be fitted instead",
-                         field="fit-carried")
     if not measured and engine_thread_from is not None:
         keys = ((engine_thread_from.model_extra or {}).get("provenance") or {}).get("measured") or {}
         if not keys:
             raise InputError("its engine-thread costs were not measured (no provenance.measured)",
                              file=engine_thread_from.path, field="engine-thread-from")
         carried = {k: getattr(engine_thread_from.overhead, k) for k in keys}
+        fittable = {p[1] for p in active}
         for k in fit_carried or []:
-            if k not in carried or k not in {p[1] for p in active}:
+            if k not in carried or k not in fittable:
                 raise InputError(f"not a carried engine-thread cost these runs can fit: {k}",
                                  field="fit-carried")
             del carried[k]
         active = [p for p in active if p[1] not in carried] + [
             ("engine_thread", "host_speed", 0.3, 3.0)]
+    elif fit_carried:
+        raise InputError("only costs carried with --engine-thread-from can be fitted instead",
+                         field="fit-carried")
     names = [(sec, key) for sec, key, _, _ in active]
     # The fit starts from the datasheet defaults, never from the profile it refits: a robust fit
     # over this many factors stops at a start-dependent point, so starting from its own last

@@ -16,6 +16,7 @@ from simulator.validate import find_runs
 from tests.conftest import ROOT
 
 H200 = profiles_dir() / "calibration" / "measurements" / "h200" / "vllm-0.25.1"
+H100 = profiles_dir() / "calibration" / "measurements" / "h100-sxm" / "vllm-0.25.1"
 
 
 def test_calibrate_fits_measured_steps_and_writes_a_loadable_profile(tmp_path):
@@ -131,10 +132,9 @@ def test_carried_engine_thread_costs_are_recorded_with_the_values_they_came_from
     carried, so each of its engine-thread numbers traces to source x host_speed."""
     from simulator.calibrate import fit, write_profile
 
-    h100 = profiles_dir() / "calibration" / "measurements" / "h100-sxm" / "vllm-0.25.1"
     src = load_profile(profiles_dir() / "calibration" / "h200" / "vllm-0.25.1.toml")
     base = load_profile(profiles_dir() / "calibration" / "defaults.toml")
-    result = fit([h100 / "llama8b-bf16" / "az-r8"], base, per_run=150, engine_thread_from=src)
+    result = fit([H100 / "llama8b-bf16" / "az-r8"], base, per_run=150, engine_thread_from=src)
     carried = result["carried"]
     assert carried["from"] == src.name and 0.3 <= carried["host_speed"] <= 3.0
     assert carried["values"] == {k: getattr(src.overhead, k) for k in carried["values"]}
@@ -182,10 +182,9 @@ def test_fit_carried_fits_a_carried_cost_on_the_runs_instead(tmp_path):
     from simulator.calibrate import fit
     from simulator.errors import InputError
 
-    h100 = profiles_dir() / "calibration" / "measurements" / "h100-sxm" / "vllm-0.25.1"
     src = load_profile(profiles_dir() / "calibration" / "h200" / "vllm-0.25.1.toml")
     base = load_profile(profiles_dir() / "calibration" / "defaults.toml")
-    runs = [h100 / "qwen3-30b-a3b-bf16" / "az-r2", h100 / "llama8b-bf16" / "az-r8"]
+    runs = [H100 / "qwen3-30b-a3b-bf16" / "az-r2", H100 / "llama8b-bf16" / "az-r8"]
     carried = fit(runs, base, per_run=150, engine_thread_from=src)
     speed = carried["carried"]["host_speed"]
     assert carried["params"]["eager_moe_layer_s"] == pytest.approx(
@@ -197,7 +196,7 @@ def test_fit_carried_fits_a_carried_cost_on_the_runs_instead(tmp_path):
     moe = own["params"]["eager_moe_layer_s"]
     assert 0 < moe < 0.8 * src.overhead.eager_moe_layer_s * own["carried"]["host_speed"]
     with pytest.raises(InputError, match="not a carried engine-thread cost"):
-        fit([h100 / "llama8b-bf16" / "az-r8"], base, per_run=150, engine_thread_from=src,
+        fit([H100 / "llama8b-bf16" / "az-r8"], base, per_run=150, engine_thread_from=src,
             fit_carried=["eager_moe_layer_s"])  # no MoE run: nothing to fit it on
     with pytest.raises(InputError, match="only costs carried"):
         fit(runs, base, per_run=150, fit_carried=["eager_moe_layer_s"])
