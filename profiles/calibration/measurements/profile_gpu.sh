@@ -10,6 +10,9 @@
 #         and timeline-moe re-ran with it on 2026-12-03 too, timeline-small later that day;
 #         timeline and big-bf16 then ran again on a second H200 host, committed as
 #         llama8b-bf16-repeat and qwen2.5-32b-bf16-repeat, see the measurements README)
+#         configs-a configs-b (Llama-3.1-8B bf16, az-r8 and the sweep, one engine after
+#         another on one host: default; 64 seqs / 2048 tokens; 64 seqs alone; then 2048 tokens
+#         alone; 64 / 2048 again; default again: 2026-12-04, which flag the slower launches follow)
 #         spec-l3 spec-l1 (draft Llama-3.2-1B, k=4, vLLM's synthetic rejection sampling at mean
 #         acceptance length 3.0 / 1.0), prefix prefix-off (prefix-heavy synthetic traces with
 #         vLLM's prefix caching on / off), awq (Llama-3.1-8B AWQ W4A16, random 4-bit weights),
@@ -99,6 +102,22 @@ for g in "$@"; do
       $P --model llama-3.1-8b --quantization fp8 --trace $T/prefill-sweep.jsonl --out $DEST/llama8b-fp8
       $P --model llama-3.1-8b --max-num-seqs 64 --max-num-batched-tokens 2048 \
         --trace $T/prefill-sweep.jsonl --out $DEST/llama8b-bf16-s64-t2048 ;;
+    configs-a|configs-b) # which engine flag slows the s64 engines' launches (2026-12-04):
+      # default, s64 and each flag alone, engine after engine on one host, then repeated
+      A=$T/az-r8.jsonl; S=$T/prefill-sweep.jsonl; R=""; [ $g = configs-b ] && R=-run2
+      if [ $g = configs-a ]; then
+        $P --model llama-3.1-8b --trace $A --trace $S --out $DEST/llama8b-bf16
+        $P --model llama-3.1-8b --max-num-seqs 64 --max-num-batched-tokens 2048 --trace $A \
+          --trace $S --out $DEST/llama8b-bf16-s64-t2048
+        $P --model llama-3.1-8b --max-num-seqs 64 --trace $A --trace $S \
+          --out $DEST/llama8b-bf16-s64-t8192
+      else
+        $P --model llama-3.1-8b --max-num-batched-tokens 2048 --trace $A --trace $S \
+          --out $DEST/llama8b-bf16-s1024-t2048
+        $P --model llama-3.1-8b --max-num-seqs 64 --max-num-batched-tokens 2048 --trace $A \
+          --trace $S --out $DEST/llama8b-bf16-s64-t2048$R
+        $P --model llama-3.1-8b --trace $A --trace $S --out $DEST/llama8b-bf16$R
+      fi ;;
     sweep-moe) $P --model qwen3-30b-a3b --trace $T/prefill-sweep.jsonl --out $DEST/qwen3-30b-a3b-bf16 ;;
     stalls-14b-host) $P --model qwen2.5-14b --diagnose --trace $T/az-r20.jsonl \
         --out $DEST/diagnose-host/qwen2.5-14b-bf16 ;;
