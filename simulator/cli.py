@@ -104,6 +104,10 @@ def main_command(
                                                         "profile's)")] = None,
     calibration: Annotated[str | None, typer.Option(help="calibration TOML, or 'none' for "
                                                          "datasheet defaults")] = None,
+    host_speed: Annotated[float, typer.Option(
+        help="the serving host's engine-thread (CPU) time relative to the profile's hosts: "
+             "1.2 = 20% slower (validate's host_speed column measures it from a profiled "
+             "run; the H200 hosts measured ran at 0.7-1.6)")] = 1.0,
     slo_ttft: Annotated[float | None, typer.Option(help="TTFT SLO, seconds")] = None,
     slo_tpot: Annotated[float | None, typer.Option(help="TPOT SLO, seconds")] = None,
     slo_e2e: Annotated[float | None, typer.Option(help="E2E latency SLO, seconds")] = None,
@@ -140,7 +144,8 @@ def main_command(
         )
         cfg = validated(
             SimulationConfig, gpu=gpu, model=model, engine=engine, router=router,
-            gpu_cost_per_hour=gpu_cost, calibration=calibration, slo_ttft=slo_ttft,
+            gpu_cost_per_hour=gpu_cost, calibration=calibration, host_speed=host_speed,
+            slo_ttft=slo_ttft,
             slo_tpot=slo_tpot, slo_e2e=slo_e2e, disaggregate=disaggregate,
             kv_transfer_gbs=kv_transfer_gbs,
         )

@@ -29,6 +29,10 @@ def validate(
              "(preparation, launches, harvest) measured from its own timeline instead of the "
              "profile's, to see how much of its error is its engine's CPU speed (runs without "
              "a timeline keep the profile's; needs the [calibrate] extra)")] = False,
+    host_speed: Annotated[str | None, typer.Option(
+        help="simulate every run on a host this fast (as simulate's --host-speed), or "
+             "'measured': each at its own measured host speed (the host column; a diagnostic "
+             "of how much one number per host would fix)")] = None,
     repeatability: Annotated[Path | None, typer.Option(
         help="write the floors of runs measured more than once (same engine, config and "
              "requests on other hosts) here (CSV): the least error one simulated number can "
@@ -41,9 +45,11 @@ def validate(
     from simulator.validate import find_runs, validate_run, write_table
 
     try:
+        speed = _speed(host_speed, own_engine_thread)
         dirs = find_runs(runs or [profiles_dir() / "calibration" / "measurements"])
         found = rep.groups(dirs)  # measured values only: cheap, and checks the folders first
-        results = [validate_run(d, calibration, sensitivity, own_engine_thread) for d in dirs]
+        results = [validate_run(d, calibration, sensitivity, own_engine_thread, speed)
+                   for d in dirs]
         for path, writer, rows in ((write, write_table, results),
                                    (repeatability, rep.write_table, found)):
             if path:
@@ -59,6 +65,23 @@ def validate(
     if found:
         out.print(repeatability_table(found, results))
     out.print(targets_line(results, found), highlight=False, soft_wrap=True)
+
+
+def _speed(value: str | None, own_engine_thread: bool) -> float | str | None:
+    """validate's --host-speed: None, 'measured', or a factor in (0, 10]."""
+    if value is None or value == "measured":
+        if value and own_engine_thread:
+            raise InputError("give --host-speed measured or --own-engine-thread, not both",
+                             field="host-speed")
+        return value
+    try:
+        x = float(value)
+    except ValueError:
+        x = -1.0
+    if not 0 < x <= 10:
+        raise InputError(f"{value!r} is neither 'measured' nor a factor in (0, 10]",
+                         field="host-speed")
+    return x
 
 
 PROFILERS = {"engine": "simulator.profiler.vllm_replay", "server": "simulator.profiler.server_replay",

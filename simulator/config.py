@@ -107,6 +107,9 @@ class SimulationConfig(BaseModel):
     calibration: str | None = Field(
         default=None, description="path to a calibration TOML, 'none' for datasheet defaults"
     )
+    # Not a vLLM flag: the serving host's engine-thread (CPU) time relative to the hosts the
+    # calibration profile was fitted on (simulator.cost.calibration.with_host_speed).
+    host_speed: float = Field(default=1.0, gt=0, le=10)
     slo_ttft: float | None = Field(default=None, gt=0)
     slo_tpot: float | None = Field(default=None, gt=0)
     slo_e2e: float | None = Field(default=None, gt=0)

@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 
 from simulator.config import SimulationConfig
 from simulator.cost import speculative
-from simulator.cost.calibration import CalibrationProfile, error_band, measured_gpus, select_profile
+from simulator.cost.calibration import (
+    CalibrationProfile,
+    error_band,
+    measured_gpus,
+    select_profile,
+    with_host_speed,
+)
 from simulator.cost.quantization import Precision, precision
 from simulator.cost.roofline import Roofline
 from simulator.errors import InputError
@@ -187,6 +193,10 @@ def resolve(cfg: SimulationConfig) -> Deployment:
     if cal.transferred_from:
         prov["calibration"] = (f"{cal.name}: efficiencies and overheads carried over from the "
                                "nearest measured GPU; uncalibrated for this one")
+    if cfg.host_speed != 1.0:
+        cal = with_host_speed(cal, cfg.host_speed)
+        prov["host_speed"] = (f"--host-speed {cfg.host_speed:g}: the engine thread's costs "
+                              f"(preparation, launches, harvest) x{cfg.host_speed:g} the profile's")
     big = gpu.usable_memory_gib >= 70 and "a100" not in gpu.name
     seqs = e.max_num_seqs or (1024 if big else 256)
     tokens = e.max_num_batched_tokens or (8192 if big else 2048)

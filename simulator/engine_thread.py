@@ -37,8 +37,12 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from simulator.measured_steps import MeasuredStep
+
+if TYPE_CHECKING:
+    from simulator.cost.fixed import FixedCosts
 
 
 @dataclass(frozen=True)
@@ -147,3 +151,20 @@ def measure(runs: list[RunShape], min_calls: int = 50) -> dict[str, tuple[float,
         out["sample_launch_s"] = (min(max(statistics.median(sampler), 0.0),
                                       out["cpu_step_s"][0]), len(sampler))
     return out
+
+
+def host_speed(steps: list[MeasuredStep], costs: FixedCosts, min_calls: int = 50) -> float | None:
+    """How long this run's engine thread took to prepare and launch its batches, relative to
+    what ``costs`` (a deployment's roofline under a profile) give them: the median over every
+    call with a timed launch of measured / modelled (the `--host-speed` that run's host would
+    need; None with fewer than ``min_calls`` such calls). Calls after an eager step are left
+    out, as in :func:`measure`: their launch can wait on CUDA's queue."""
+    ratios = []
+    for st in steps:
+        if st.launched is None or st.prev_tokens > costs.graph_max_tokens:
+            continue
+        model = (costs.cpu_prepare(st.n_decode + len(st.prefill))
+                 + costs.launch_time(st.tokens, bool(st.prefill)))
+        if model > 0:
+            ratios.append((st.launched - st.call_start) / model)
+    return statistics.median(ratios) if len(ratios) >= min_calls else None

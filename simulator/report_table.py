@@ -52,6 +52,8 @@ def summary_table(s: dict) -> Group:
                  f"${s['cost_per_hour_usd']:.2f}/h; "
                  + ("-" if cpm is None else f"${cpm:.3f} per 1M output tokens")),
         ("simulated span", f"{s['duration_s']:,.1f} s"),
+        *([("host CPU", c["provenance"]["host_speed"])] if "host_speed" in c["provenance"]
+          else []),
         *([("speculative", (lambda sp: f"{sp['method']} k={sp['num_speculative_tokens']}, mean "
                                        f"accepted length {sp['mean_accepted_length']:.2f}; TPOT "
                                        f"p50 x{sp['speedup_tpot_s_p50']:.2f}, E2E p50 "
@@ -154,7 +156,11 @@ def validation_table(results: list[dict]) -> Table:
     if extra:  # --sensitivity: % change per 1% slower GPU work
         for key in ELASTICITY:
             m, p = key.split(".")
-            t.add_column(f"{m[:-2].upper()} {p} /1% GPU", justify="right")
+            head = f"{m[:-2].upper()} {p} /1% GPU"
+            t.add_column(head, justify="right", min_width=len(head))
+    # The run's engine-thread time against the profile's (validate.measured_host_speed), and
+    # the host speed it was simulated at where that is not the profile's own.
+    t.add_column("host", justify="right")
     for r in results:
         e = r["error"]
         cells = [r["run"] + (" *" if r.get("own_engine_thread") else ""),
@@ -162,6 +168,9 @@ def validation_table(results: list[dict]) -> Table:
                  f"{e['request_throughput']:+.1%}"]
         if extra:
             cells += [f"{r['elasticity'].get(key, 0.0):.1f}" for key in ELASTICITY]
+        hs, sim = r.get("host_speed"), r.get("simulated_host_speed", 1.0)
+        cells.append(("-" if hs is None else f"{hs:.2f}") + (f" (sim {sim:.2f})" if sim != 1.0
+                                                             else ""))
         t.add_row(*cells)
     return t
 

@@ -12,9 +12,11 @@ import json
 from pathlib import Path
 
 from simulator.config import EngineArgs, SimulationConfig
-from simulator.deployment import resolve, with_calibration
+from simulator.deployment import Deployment, resolve, with_calibration
+from simulator.engine_thread import host_speed
 from simulator.errors import InputError
 from simulator.gpu import GPU_NAMES
+from simulator.measured_steps import read_steps
 from simulator.report.data import profiler_summary
 from simulator.request import Request
 from simulator.run import run_simulation
@@ -76,18 +78,34 @@ def load_run(run_dir: Path) -> tuple[SimulationConfig, list[Request], list[dict]
     return cfg, reqs, rows, meta
 
 
+def measured_host_speed(run_dir: Path, dep: Deployment) -> float | None:
+    """The run's engine-thread time against ``dep``'s profile
+    (:func:`simulator.engine_thread.host_speed`); None for a run without a launch timeline."""
+    if not (run_dir / "steps.jsonl").is_file():
+        return None
+    return host_speed(read_steps(run_dir), dep.roofline)
+
+
 def validate_run(run_dir: Path, calibration: str | None = None,
-                 sensitivity: bool = False, own_engine_thread: bool = False) -> dict:
-    """Simulate one measured run; return measured, simulated and signed errors, and with
+                 sensitivity: bool = False, own_engine_thread: bool = False,
+                 speed: float | str | None = None) -> dict:
+    """Simulate one measured run; return measured, simulated and signed errors, the run's
+    measured host speed against the profile (``host_speed``, None without a timeline), and with
     ``sensitivity`` each metric's elasticity to the GPU's speed (:mod:`simulator.sensitivity`:
-    the run simulated again with GPU work 2% slower). With ``own_engine_thread`` the engine
-    thread's costs are the run's own, measured from its timeline where it has one
-    (:func:`simulator.calibrate.own_engine_thread`; ``own_engine_thread`` in the result says
-    whether it had)."""
+    the run simulated again with GPU work 2% slower). ``speed``: simulate on a host that fast
+    (``--host-speed``), or ``"measured"``: at the run's own measured host speed, where it has
+    one. With ``own_engine_thread`` the engine thread's costs are the run's own, measured from
+    its timeline where it has one (:func:`simulator.calibrate.own_engine_thread`;
+    ``own_engine_thread`` in the result says whether it had)."""
     cfg, reqs, rows, meta = load_run(run_dir)
     if calibration is not None:
         cfg = cfg.model_copy(update={"calibration": calibration})
     dep = resolve(cfg)
+    measured = measured_host_speed(run_dir, dep)
+    factor = measured if speed == "measured" else speed
+    if factor is not None:
+        cfg = cfg.model_copy(update={"host_speed": factor})
+        dep = resolve(cfg)
     own = None
     if own_engine_thread:
         from simulator.calibrate import own_engine_thread as measured_thread
@@ -100,6 +118,7 @@ def validate_run(run_dir: Path, calibration: str | None = None,
     err = {f"{m}.{p}": sim[m][p] / meas[m][p] - 1 for m in METRICS for p in PCTS}
     err["request_throughput"] = sim["request_throughput"] / meas["request_throughput"] - 1
     out = {"run": f"{run_dir.parent.name}/{run_dir.name}", "measured": meas,
+           "host_speed": measured, "simulated_host_speed": cfg.host_speed,
            "simulated": {k: sim[k] for k in (*METRICS, "request_throughput")},
            "error": err, "kv_blocks": {"measured": meta["num_gpu_blocks"],
                                        "simulated": sim["config"]["kv_cache_blocks_per_replica"]}}
@@ -140,19 +159,22 @@ def find_runs(roots: list[Path]) -> list[Path]:
 def write_table(results: list[dict], path: Path) -> None:
     """The error table, signed fractions, one row per run (committed next to the data)."""
     extra = all("elasticity" in r for r in results)
-    head = [*COLUMNS, *(f"{c}.elasticity" for c in ELASTICITY)] if extra else COLUMNS
-    lines = [",".join(head)]
+    head = [*COLUMNS, *(f"{c}.elasticity" for c in ELASTICITY)] if extra else list(COLUMNS)
+    lines = [",".join([*head, "host_speed"])]
     for r in results:
         cells = [r["run"], *(f"{r['error'][c]:+.4f}" for c in COLUMNS[1:])]
         if extra:
             cells += [f"{r['elasticity'].get(c, 0.0):+.3f}" for c in ELASTICITY]
+        hs = r.get("host_speed")
+        cells.append("" if hs is None else f"{hs:.3f}")  # measured, not an error: not guarded
         lines.append(",".join(cells))
     path.write_text("\n".join(lines) + "\n")
 
 
 def read_table(path: Path) -> dict[str, dict[str, float]]:
-    """``{run: {column: value}}``: the signed errors, and the elasticities where written."""
+    """``{run: {column: value}}``: the signed errors, and the elasticities and measured host
+    speed where written (a run without a timeline has no host speed)."""
     rows = path.read_text().splitlines()
     head = rows[0].split(",")
-    return {cells[0]: dict(zip(head[1:], map(float, cells[1:]), strict=True))
+    return {cells[0]: {k: float(v) for k, v in zip(head[1:], cells[1:], strict=True) if v}
             for cells in (r.split(",") for r in rows[1:] if r)}

@@ -52,8 +52,8 @@ def test_error_does_not_grow(gpu_dir, run):
     validate --write)."""
     result = validate_run(gpu_dir / run)
     for metric, committed in TABLES[gpu_dir][run].items():
-        if metric.endswith(".elasticity"):
-            continue  # a sensitivity, not an error
+        if metric.endswith(".elasticity") or metric == "host_speed":
+            continue  # a sensitivity or a measured host speed, not an error
         now = result["error"][metric]
         assert abs(now) <= abs(committed) + 0.01, f"{run} {metric}: {now:+.3f} vs {committed:+.3f}"
 

@@ -197,6 +197,23 @@ def select_profile(gpu_name: str, explicit: str | None,
     return defaults
 
 
+# The serving host's CPU time: the engine thread's costs (simulator.engine_thread measures all
+# but the draft model's launches from a run's timeline). ``--host-speed`` scales them together:
+# engines launch 0.7-1.6x the H200 profile's times across the hosts measured (validation.csv's
+# host_speed), the same GPU work on every one.
+ENGINE_THREAD_KEYS = ("cpu_step_s", "cpu_seq_s", "sample_launch_s", "piecewise_layer_s",
+                      "eager_layer_s", "eager_moe_layer_s", "piecewise_fp8_layer_s",
+                      "eager_fp8_layer_s", "output_s", "output_seq_s", "draft_layer_pass_s")
+
+
+def with_host_speed(cal: CalibrationProfile, factor: float) -> CalibrationProfile:
+    """``cal`` on a host whose engine thread takes ``factor`` times the profile's time (1.2: a
+    CPU 20% slower than the hosts the profile was fitted on); the GPU's costs unchanged."""
+    o = cal.overhead
+    return cal.model_copy(update={"overhead": o.model_copy(update={
+        k: getattr(o, k) * factor for k in ENGINE_THREAD_KEYS})})
+
+
 def error_band(cal: CalibrationProfile, fp8: bool, moe: bool) -> float:
     """The stated uncertainty for this precision and model class (widest that applies)."""
     bands = [cal.error_band]

@@ -156,8 +156,10 @@ def _status(r: RunData) -> str:
     band = s.get("error_band")
     what = (f"calibrated ({cal.get('name')})" if s.get("calibrated") else
             "UNCALIBRATED (datasheet defaults or transferred efficiencies)")
+    host = (lookup(s, "config.provenance") or {}).get("host_speed")  # --host-speed, when not 1
     return (f"{html.escape(r.label)}: {html.escape(what)}" +
-            (f", stated error band &plusmn;{band:.0%}" if band is not None else ""))
+            (f", stated error band &plusmn;{band:.0%}" if band is not None else "") +
+            (f"; {html.escape(host)}" if host else ""))
 
 
 def render(runs: list[RunData], title: str, pairs: list[tuple[int, int]] = (),
