@@ -72,10 +72,17 @@ def report(
     err.print(f"wrote {output}", highlight=False, soft_wrap=True)
 
 
+HOST_SPEED_HELP = ("the serving host's engine-thread (CPU) time relative to the profile's "
+                   "hosts, for every point (as simulate's --host-speed)")
+
+
 def _common_base(model: str, router: str, calibration: str | None, slo_ttft, slo_tpot, slo_e2e,
-                 max_model_len) -> dict:
+                 max_model_len, host_speed: float = 1.0) -> dict:
+    from simulator.config import SimulationConfig, validated
+
+    validated(SimulationConfig, host_speed=host_speed)  # its bounds, before any point runs
     base = {"model": model, "router": router, "calibration": calibration, "slo_ttft": slo_ttft,
-            "slo_tpot": slo_tpot, "slo_e2e": slo_e2e}
+            "slo_tpot": slo_tpot, "slo_e2e": slo_e2e, "host_speed": host_speed}
     if max_model_len:
         base["engine"] = {"max_model_len": max_model_len}
     return base
@@ -98,6 +105,7 @@ def sweep(
     max_model_len: Annotated[int | None, typer.Option()] = None,
     router: Annotated[str, typer.Option()] = "round-robin",
     calibration: Annotated[str | None, typer.Option()] = None,
+    host_speed: Annotated[float, typer.Option(help=HOST_SPEED_HELP)] = 1.0,
     slo_ttft: Annotated[float | None, typer.Option()] = None,
     slo_tpot: Annotated[float | None, typer.Option()] = None,
     slo_e2e: Annotated[float | None, typer.Option()] = None,
@@ -123,7 +131,7 @@ def sweep(
                                    for s in speculative_config or []]}
         axes = {k: v for k, v in axes.items() if v}
         base = _common_base(model, router, calibration, slo_ttft, slo_tpot, slo_e2e,
-                            max_model_len)
+                            max_model_len, host_speed)
         out_dir = output_dir or Path("runs") / f"sweep-{trace.stem}"
         with _progress("sweep") as bar:
             task = bar.add_task("sweep", total=None)
@@ -175,6 +183,7 @@ def plan(
     max_model_len: Annotated[int | None, typer.Option()] = None,
     router: Annotated[str, typer.Option()] = "round-robin",
     calibration: Annotated[str | None, typer.Option()] = None,
+    host_speed: Annotated[float, typer.Option(help=HOST_SPEED_HELP)] = 1.0,
     no_max_load: Annotated[bool, typer.Option("--no-max-load", help="skip the search for each "
                                                                     "candidate's highest load")]
     = False,
@@ -195,7 +204,7 @@ def plan(
             raise InputError("give at least one of --slo-ttft, --slo-tpot, --slo-e2e",
                              field="slo-ttft")
         base = _common_base(model, router, calibration, slo_ttft, slo_tpot, slo_e2e,
-                            max_model_len)
+                            max_model_len, host_speed)
         load_trace(trace, trace_format)
         knobs = {"max_num_seqs": split_values(max_num_seqs, int),
                  "max_num_batched_tokens": split_values(max_num_batched_tokens, int),

@@ -166,3 +166,32 @@ def test_the_committed_table_carries_each_runs_measured_host_speed():
     assert table["llama8b-bf16/az-r8"]["host_speed"] < 0.8 < 1.1 < table[
         "llama8b-bf16-host7/az-r8"]["host_speed"]
     assert all("host_speed" not in row for row in read_table(H100 / "validation.csv").values())
+
+
+def test_sweep_and_plan_take_the_host_speed(tmp_path):
+    """--host-speed reaches every sweep point, as a single run at that speed gives it."""
+    from simulator.run import run_simulation
+    from simulator.sweep import summary_row
+    from simulator.trace import load_trace
+    from tests.conftest import poisson_rows, write_trace
+
+    trace = write_trace(tmp_path / "t.jsonl", poisson_rows(200, 8.0, inp=300, out=64))
+    rows = {}
+    for hs in ("1", "1.5"):
+        out = tmp_path / f"sw{hs}"
+        p = subprocess.run([sys.executable, "-m", "simulator", "sweep", "--trace", str(trace),
+                            "--gpu", "h200", "--max-num-seqs", "64", "-j", "1", "--host-speed", hs,
+                            "--output-dir", str(out)], cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+        assert p.returncode == 0, p.stderr
+        rows[hs] = next(csv.DictReader((out / "results.csv").open()))
+    ref = summary_row(run_simulation(SimulationConfig(
+        gpu="h200", engine={"max_num_seqs": 64}, host_speed=1.5), load_trace(trace)).summary)
+    assert float(rows["1.5"]["ttft_s.p50"]) == pytest.approx(ref["ttft_s.p50"], rel=1e-6)
+    # 300-token prompts above the 128-token graph limit launch eagerly: TTFT follows the host.
+    assert float(rows["1.5"]["ttft_s.p50"]) > 1.2 * float(rows["1"]["ttft_s.p50"])
+    p = subprocess.run([sys.executable, "-m", "simulator", "plan", "--trace", str(trace),
+                        "--slo-ttft", "0.5", "--gpu", "h200", "--host-speed", "0",
+                        "--output-dir", str(tmp_path / "plan")], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 1 and "host-speed" in p.stderr and "Traceback" not in p.stderr
