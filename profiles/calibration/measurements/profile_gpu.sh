@@ -2,7 +2,9 @@
 # The exact commands behind every measured run in this folder, in groups that each fit in one
 # 10-minute device call. On the lent GPU, after installing the offline vLLM 0.25.1 bundle:
 #   export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0
-#   bash profiles/calibration/measurements/profile_gpu.sh $OUT/m GROUP...
+#   bash profiles/calibration/measurements/profile_gpu.sh /tmp/m GROUP...; tar czf $OUT/m.tgz -C /tmp/m .
+# (pack the runs into one archive: the device call returns only shallow folders of $OUT, and a
+# run written straight under it, three folders deep, was lost that way on 2026-12-04)
 # Groups: llama-bf16 llama-fp8 llama-small moe big big-bf16 (bf16 32B: H200 only, 64 GB of weights)
 #         mid (Qwen2.5-14B bf16: a second dense 16-bit model, light to past saturation, and its sweep;
 #         re-run 2026-12-03 with vllm_replay's --warmup full, the default since, which loads the
