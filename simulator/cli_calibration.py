@@ -68,7 +68,9 @@ def validate(
 
 
 def _speed(value: str | None, own_engine_thread: bool) -> float | str | None:
-    """validate's --host-speed: None, 'measured', or a factor in (0, 10]."""
+    """validate's --host-speed: None, 'measured', or a factor within simulate's bounds."""
+    from simulator.config import SimulationConfig, validated
+
     if value is None or value == "measured":
         if value and own_engine_thread:
             raise InputError("give --host-speed measured or --own-engine-thread, not both",
@@ -77,11 +79,9 @@ def _speed(value: str | None, own_engine_thread: bool) -> float | str | None:
     try:
         x = float(value)
     except ValueError:
-        x = -1.0
-    if not 0 < x <= 10:
-        raise InputError(f"{value!r} is neither 'measured' nor a factor in (0, 10]",
-                         field="host-speed")
-    return x
+        raise InputError(f"{value!r} is neither 'measured' nor a number",
+                         field="host-speed") from None
+    return validated(SimulationConfig, host_speed=x).host_speed  # SimulationConfig's bounds
 
 
 PROFILERS = {"engine": "simulator.profiler.vllm_replay", "server": "simulator.profiler.server_replay",

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from simulator.config import EngineArgs, SimulationConfig
+from simulator.cost.calibration import with_host_speed
 from simulator.deployment import Deployment, resolve, with_calibration
 from simulator.engine_thread import host_speed
 from simulator.errors import InputError
@@ -103,9 +104,8 @@ def validate_run(run_dir: Path, calibration: str | None = None,
     dep = resolve(cfg)
     measured = measured_host_speed(run_dir, dep)
     factor = measured if speed == "measured" else speed
-    if factor is not None:
-        cfg = cfg.model_copy(update={"host_speed": factor})
-        dep = resolve(cfg)
+    if factor is not None:  # the same deployment, its engine thread that much slower
+        dep = with_calibration(dep, with_host_speed(dep.calibration, factor))
     own = None
     if own_engine_thread:
         from simulator.calibrate import own_engine_thread as measured_thread
@@ -118,7 +118,7 @@ def validate_run(run_dir: Path, calibration: str | None = None,
     err = {f"{m}.{p}": sim[m][p] / meas[m][p] - 1 for m in METRICS for p in PCTS}
     err["request_throughput"] = sim["request_throughput"] / meas["request_throughput"] - 1
     out = {"run": f"{run_dir.parent.name}/{run_dir.name}", "measured": meas,
-           "host_speed": measured, "simulated_host_speed": cfg.host_speed,
+           "host_speed": measured, "simulated_host_speed": factor or 1.0,
            "simulated": {k: sim[k] for k in (*METRICS, "request_throughput")},
            "error": err, "kv_blocks": {"measured": meta["num_gpu_blocks"],
                                        "simulated": sim["config"]["kv_cache_blocks_per_replica"]}}
