@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from simulator.accuracy import measured_error, run_key
 from simulator.config import SimulationConfig
 from simulator.cost import speculative
 from simulator.cost.calibration import (
@@ -60,6 +61,8 @@ class Deployment:
     prefill_replicas: int = 0  # disaggregated serving: the first P replicas only prefill
     kv_transfer_bytes_per_s: float = 0.0  # per GPU, prefill to decode replica
     kv_transfer_latency_s: float = 0.0
+    # The profile's errors against real vLLM on runs measured like this one (simulator.accuracy)
+    measured_error: dict | None = None
 
     @property
     def async_scheduling(self) -> bool:
@@ -336,6 +339,9 @@ def resolve(cfg: SimulationConfig) -> Deployment:
         prefix_caching=e.enable_prefix_caching, hash_block_size=e.hash_block_size,
         pp=pp, prefill_replicas=prefill, kv_transfer_bytes_per_s=kv_bw,
         kv_transfer_latency_s=cfg.kv_transfer_latency_s if prefill else 0.0,
+        measured_error=measured_error(cal, run_key(
+            model.name, e.quantization, e.kv_cache_dtype, e.speculative_config is not None, tp,
+            pp)),
     )
 
 

@@ -92,7 +92,7 @@ def groups(run_dirs: list[Path]) -> list[Group]:
 
 def write_table(found: list[Group], path: Path) -> None:
     """One row per group: its runs (space-separated), hosts, and each metric's floor (read back
-    with :func:`simulator.validate.read_table`, the error table's reader)."""
+    with :func:`simulator.accuracy.read_table`, the error table's reader)."""
     lines = [",".join(("runs", "hosts", *KEYS))]
     for g in found:
         fl = g.floor

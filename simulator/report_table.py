@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Group
 from rich.table import Table
 
+from simulator.accuracy import TARGETS, error_line, misses
 from simulator.cost.roofline import OpCost
 
 
@@ -52,6 +53,8 @@ def summary_table(s: dict) -> Group:
                  f"${s['cost_per_hour_usd']:.2f}/h; "
                  + ("-" if cpm is None else f"${cpm:.3f} per 1M output tokens")),
         ("simulated span", f"{s['duration_s']:,.1f} s"),
+        *([("error vs vLLM", error_line(me))]
+          if (me := s.get("measured_error")) else []),
         *([("host CPU", c["provenance"]["host_speed"])] if "host_speed" in c["provenance"]
           else []),
         *([("speculative", (lambda sp: f"{sp['method']} k={sp['num_speculative_tokens']}, mean "
@@ -200,7 +203,6 @@ def targets_line(results: list[dict], groups: list) -> str:
     """How many runs meet the accuracy targets, and how many of the misses no profile could
     avoid because the same experiment's runs differ by more (:mod:`simulator.repeatability`)."""
     from simulator.repeatability import beyond_floor
-    from simulator.validate import TARGETS, misses
 
     missed = {r["run"]: misses(r["error"]) for r in results}
     p50 = sum(not any(k.endswith("p50") for k in m) for m in missed.values())

@@ -274,6 +274,8 @@ def summarize(cfg: SimulationConfig, dep: Deployment, requests: list[Request],
         "cost_per_million_output_tokens": cost / out_tok * 1e6 if out_tok else None,
         "calibrated": dep.calibration.calibrated,
         "error_band": dep.error_band,  # calibrated profiles state theirs too (validation.csv)
+        # ... and how far they were from real vLLM on runs measured like this one
+        "measured_error": dep.measured_error,
         "warnings": dep.warnings + context_range_warning(
             dep.calibration, max((r.input_tokens + r.output_tokens for r in done), default=0)),
         "config": {**dep.describe(), "engine_args": cfg.engine.model_dump(),

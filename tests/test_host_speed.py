@@ -10,12 +10,13 @@ import sys
 
 import pytest
 
+from simulator.accuracy import read_table
 from simulator.config import SimulationConfig
 from simulator.cost.calibration import ENGINE_THREAD_KEYS, Overhead, select_profile, with_host_speed
 from simulator.deployment import resolve
 from simulator.engine_thread import host_speed, measure
 from simulator.measured_steps import MeasuredStep
-from simulator.validate import read_table, validate_run
+from simulator.validate import validate_run
 from tests.conftest import ROOT
 from tests.test_engine_thread import _run
 from tests.test_validation import H100, H200

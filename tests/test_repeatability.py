@@ -9,9 +9,10 @@ import sys
 
 import pytest
 
+from simulator.accuracy import read_table
 from simulator.paths import profiles_dir
 from simulator.repeatability import KEYS, floor, groups
-from simulator.validate import find_runs, read_table
+from simulator.validate import find_runs
 from tests.conftest import ROOT
 
 H200 = profiles_dir() / "calibration" / "measurements" / "h200" / "vllm-0.25.1"

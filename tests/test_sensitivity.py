@@ -7,10 +7,11 @@ import sys
 
 import pytest
 
+from simulator.accuracy import read_table
 from simulator.deployment import resolve, with_calibration
 from simulator.paths import profiles_dir
 from simulator.sensitivity import PROBE, slower_gpu
-from simulator.validate import load_run, read_table, validate_run
+from simulator.validate import load_run, validate_run
 from tests.conftest import ROOT
 
 H200 = profiles_dir() / "calibration" / "measurements" / "h200" / "vllm-0.25.1"

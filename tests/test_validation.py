@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
+from simulator.accuracy import TARGETS, misses, read_table
 from simulator.paths import profiles_dir
-from simulator.validate import TARGETS, find_runs, misses, read_table, validate_run
+from simulator.validate import find_runs, validate_run
 from tests.conftest import ROOT
 
 MEAS = profiles_dir() / "calibration" / "measurements"

@@ -17,6 +17,7 @@ from pathlib import Path
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
+from simulator.accuracy import error_line
 from simulator.metrics import lookup
 from simulator.report import figures
 from simulator.report.data import RunData
@@ -159,7 +160,9 @@ def _status(r: RunData) -> str:
     host = (lookup(s, "config.provenance") or {}).get("host_speed")  # --host-speed, when not 1
     return (f"{html.escape(r.label)}: {html.escape(what)}" +
             (f", stated error band &plusmn;{band:.0%}" if band is not None else "") +
-            (f"; {html.escape(host)}" if host else ""))
+            (f"; {html.escape(host)}" if host else "") +
+            (f"; error against real vLLM: {html.escape(error_line(me))}"
+             if (me := s.get("measured_error")) else ""))
 
 
 def render(runs: list[RunData], title: str, pairs: list[tuple[int, int]] = (),
