@@ -20,8 +20,6 @@ from pathlib import Path
 from simulator.cost.calibration import CalibrationProfile
 from simulator.errors import InputError
 
-# The metrics quoted (the targets' p50s and p99s); validation.csv holds more.
-QUOTED = ("ttft_s.p50", "ttft_s.p99", "tpot_s.p50", "tpot_s.p99")
 # The accuracy the project holds itself to (issue 3): |simulated / measured - 1| within these.
 TARGETS = {f"{m}.{p}": 0.10 if p == "p50" else 0.20 for m in ("ttft_s", "tpot_s")
            for p in ("p50", "p90", "p99")}
@@ -137,7 +135,7 @@ def measured_error(cal: CalibrationProfile, key: tuple) -> dict | None:
         "held_out": sum(run not in fitted for run, _ in chosen),
         "within_targets": sum(not misses(err) for _, err in chosen),
         "range": {m: [min(e[m] for _, e in chosen), max(e[m] for _, e in chosen)]
-                  for m in QUOTED},
+                  for m in TARGETS},
     }
 
 
@@ -155,3 +153,35 @@ def error_line(me: dict) -> str:
             f"{span('tpot_s.p50')}, p99 {span('tpot_s.p99')} (simulated / measured - 1) over "
             f"{what}; {me['held_out']} held out of the fit, {me['within_targets']} within the "
             "targets")
+
+
+# sweep's results.csv and plan.csv: the ranges of the percentiles their SLO tests use.
+ROW_METRICS = ("ttft_s.p50", "ttft_s.p90", "tpot_s.p50", "tpot_s.p90")
+ROW_COLUMNS = ("measured_runs", "measured_alike",
+               *(f"error_{end}.{m}" for m in ROW_METRICS for end in ("lo", "hi")))
+
+
+def row_cells(me: dict | None) -> dict:
+    """``measured_error`` flattened into :data:`ROW_COLUMNS` (all None without one)."""
+    if me is None:
+        return dict.fromkeys(ROW_COLUMNS)
+    out = {"measured_runs": me["runs"], "measured_alike": me["alike"]}
+    for m in ROW_METRICS:
+        out[f"error_lo.{m}"], out[f"error_hi.{m}"] = me["range"][m]
+    return out
+
+
+def p90_cell(row: dict) -> str:
+    """A table cell: the p90 TTFT and TPOT error ranges of a sweep or plan row, the number of
+    runs (``all N``: none measured like it), or the stated band of an uncalibrated one."""
+    n = row.get("measured_runs")
+    if n in (None, ""):
+        band = row.get("error_band")
+        return "-" if band in (None, "") else f"+-{float(band):.0%} (uncalibrated)"
+
+    def span(m: str) -> str:
+        return f"{float(row[f'error_lo.{m}']):+.0%}..{float(row[f'error_hi.{m}']):+.0%}"
+
+    alike = row.get("measured_alike") in (True, "True")
+    return (f"{span('ttft_s.p90')} / {span('tpot_s.p90')} "
+            f"({'' if alike else 'all '}{int(n)} runs)")

@@ -16,6 +16,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from simulator.accuracy import p90_cell
 from simulator.cli import _fail, app, err, out
 from simulator.errors import InputError
 
@@ -72,6 +73,8 @@ def report(
     err.print(f"wrote {output}", highlight=False, soft_wrap=True)
 
 
+# The tables' column of measured error (simulator.accuracy.p90_cell).
+VS_VLLM = "vs vLLM p90 TTFT / TPOT"
 HOST_SPEED_HELP = ("the serving host's engine-thread (CPU) time relative to the profile's "
                    "hosts, for every point (as simulate's --host-speed)")
 
@@ -142,15 +145,17 @@ def sweep(
         _fail(e)
         return
     table = Table(title=f"sweep of {trace.name}")
-    for c in ("point", "label", "status", "TTFT p90 ms", "TPOT p90 ms", "req/s", "$/h"):
-        table.add_column(c, justify="right" if c not in ("label", "status") else "left")
+    for c in ("point", "label", "status", "TTFT p90 ms", "TPOT p90 ms", "req/s", "$/h",
+              VS_VLLM):
+        table.add_column(c, justify="right" if c not in ("label", "status", VS_VLLM) else "left")
     for r in sorted(results.rows, key=lambda r: r["point"]):
         ok = r["status"] == "ok"
         table.add_row(str(r["point"]), r["label"], r["status"],
                       *(f"{r[k] * 1e3:,.1f}" if ok and r[k] is not None else "-"
                         for k in ("ttft_s.p90", "tpot_s.p90")),
                       f"{r['request_throughput']:.2f}" if ok else "-",
-                      f"{r['cost_per_hour_usd']:.2f}" if ok else "-")
+                      f"{r['cost_per_hour_usd']:.2f}" if ok else "-",
+                      p90_cell(r) if ok else "-")
     out.print(table)
     err.print(f"wrote {out_dir / 'results.csv'} and {out_dir / 'report.html'}", highlight=False,
               soft_wrap=True)
@@ -259,15 +264,16 @@ def _ranking_rows(outcomes, scale: float) -> list[dict]:
             "max_rate_scale": o.max_scale,
             "max_request_rate": None if o.max_scale is None or not r else
             r["request_throughput"] * o.max_scale / scale,
-            "status": o.status, "simulations": len(o.evaluations)})
+            "status": o.status, "simulations": len(o.evaluations),
+            "vs_vllm_p90": p90_cell(r) if r else "-"})
     return rows
 
 
 def _ranking_table(outcomes, scale: float) -> Table:
     t = Table(title="candidates, cheapest meeting the SLOs first")
     for c in ("#", "candidate", "GPUs", "$/h", "TTFT p90 ms", "TPOT p90 ms", "max load",
-              "status"):
-        t.add_column(c, justify="left" if c in ("candidate", "status") else "right")
+              "status", VS_VLLM):
+        t.add_column(c, justify="left" if c in ("candidate", "status", VS_VLLM) else "right")
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v * 1e3:,.1f}"
 
@@ -276,7 +282,8 @@ def _ranking_table(outcomes, scale: float) -> Table:
             f"x{r['max_rate_scale']:.2f} ({r['max_request_rate']:.2f} req/s)")
         t.add_row(str(r["rank"]), r["candidate"], str(r["gpus"] or "-"),
                   "-" if r["cost_per_hour_usd"] is None else f"{r['cost_per_hour_usd']:.2f}",
-                  ms(r["ttft_s.p90"]), ms(r["tpot_s.p90"]), load, r["status"])
+                  ms(r["ttft_s.p90"]), ms(r["tpot_s.p90"]), load, r["status"],
+                  r["vs_vllm_p90"])
     return t
 
 
@@ -311,7 +318,7 @@ def _write_plan(outcomes, pruned, out_dir: Path, trace: Path, base: dict, scale:
 
 
 RANK_COLUMNS = ("rank", "candidate", "gpus", "cost_per_hour_usd", "ttft_s.p90", "tpot_s.p90",
-                "max_rate_scale", "max_request_rate", "status", "simulations")
+                "max_rate_scale", "max_request_rate", "status", "simulations", "vs_vllm_p90")
 RANK_UNITS = {"cost_per_hour_usd": "usd", "ttft_s.p90": "ms", "tpot_s.p90": "ms",
               "max_rate_scale": "rate", "max_request_rate": "rate"}
 

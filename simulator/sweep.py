@@ -16,6 +16,7 @@ import json
 import math
 from pathlib import Path
 
+from simulator.accuracy import ROW_COLUMNS, row_cells
 from simulator.config import SimulationConfig, validated
 from simulator.errors import InputError
 from simulator.metrics import lookup
@@ -28,7 +29,7 @@ METRIC_COLUMNS = (
     "e2e_s.p50", "e2e_s.p90", "e2e_s.p99", "request_throughput", "output_throughput", "goodput",
     "slo_attainment", "completed", "rejected", "preemptions", "num_gpus",
     "data_parallel_replicas", "cost_per_hour_usd", "cost_per_million_output_tokens", "calibrated",
-    "error_band",
+    "error_band", *ROW_COLUMNS,
 )
 COLUMNS = ("point", "label", *AXES, "status", *METRIC_COLUMNS)
 
@@ -92,7 +93,7 @@ def summary_row(summary: dict) -> dict:
     c = summary["config"]
     flat["num_gpus"] = c["num_gpus"]
     flat["data_parallel_replicas"] = c["data_parallel_replicas"]
-    return flat
+    return {**flat, **row_cells(summary.get("measured_error"))}
 
 
 def evaluate(task: tuple) -> tuple[dict, object]:

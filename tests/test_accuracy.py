@@ -151,3 +151,40 @@ def test_every_row_of_the_shipped_tables_is_matched_to_its_run(gpu):
     assert table is not None
     rows = _rows(str(table))
     assert len(rows) == len(_table(table)) > 30 and all(key is not None for _, key, _ in rows)
+
+
+def test_sweep_and_plan_tables_carry_each_points_measured_error(tmp_path):
+    import csv
+
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("".join(json.dumps({"arrival_s": i * 0.25, "input_tokens": 400,
+                                         "output_tokens": 50}) + "\n" for i in range(30)))
+    out = subprocess.run([sys.executable, "-m", "simulator", "sweep", "--trace", str(trace),
+                          "--gpu", "h200,a100-80gb", "--quantization", "none,fp8", "-j", "1",
+                          "--output-dir", str(tmp_path / "s")],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    text = (tmp_path / "s" / "results.csv").read_text()
+    res = {r["label"]: r for r in csv.DictReader(text.splitlines())}
+    rows = _table(H200 / "validation.csv")
+    fp8 = [e for r, e in rows.items() if r.startswith("llama8b-fp8")]
+    bf16 = [e for r, e in rows.items() if r.startswith("llama8b-bf16")]
+    for lab, sel in (("h200 fp8", fp8), ("h200", bf16)):
+        r = res[lab]
+        assert int(r["measured_runs"]) == len(sel) and r["measured_alike"] == "True"
+        assert float(r["error_lo.ttft_s.p90"]) == pytest.approx(min(e["ttft_s.p90"] for e in sel))
+        assert float(r["error_hi.tpot_s.p50"]) == pytest.approx(max(e["tpot_s.p50"] for e in sel))
+    assert res["a100-80gb"]["measured_runs"] == ""  # uncalibrated: its band instead
+    text = " ".join(out.stdout.split())
+    lo = min(e["ttft_s.p90"] for e in fp8)
+    assert f"{lo:+.0%}.." in text and "(35 runs)" in text and "(51 runs)" in text
+    assert "+-60% (uncalibrated)" in text and "+-75% (uncalibrated)" in text  # bf16, fp8
+    out = subprocess.run([sys.executable, "-m", "simulator", "plan", "--trace", str(trace),
+                          "--slo-ttft", "0.5", "--gpu", "h200", "-tp", "1", "--max-gpus", "1",
+                          "--no-max-load", "--output-dir", str(tmp_path / "p")],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    lo, hi = min(e["ttft_s.p90"] for e in bf16), max(e["ttft_s.p90"] for e in bf16)
+    assert f"{lo:+.0%}..{hi:+.0%}" in out.stdout and "(51 runs)" in out.stdout
+    assert f"<td data-key='vs_vllm_p90'>{lo:+.0%}..{hi:+.0%}" in (
+        tmp_path / "p" / "report.html").read_text()
