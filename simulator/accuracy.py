@@ -173,11 +173,13 @@ def row_cells(me: dict | None) -> dict:
 
 def p90_cell(row: dict) -> str:
     """A table cell: the p90 TTFT and TPOT error ranges of a sweep or plan row, the number of
-    runs (``all N``: none measured like it), or the stated band of an uncalibrated one."""
+    runs (``all N``: none measured like it), or the stated band of a profile without an error
+    table (uncalibrated, or calibrated elsewhere)."""
     n = row.get("measured_runs")
     if n in (None, ""):
         band = row.get("error_band")
-        return "-" if band in (None, "") else f"+-{float(band):.0%} (uncalibrated)"
+        what = "stated" if row.get("calibrated") in (True, "True") else "uncalibrated"
+        return "-" if band in (None, "") else f"+-{float(band):.0%} ({what})"
 
     def span(m: str) -> str:
         return f"{float(row[f'error_lo.{m}']):+.0%}..{float(row[f'error_hi.{m}']):+.0%}"

@@ -188,3 +188,17 @@ def test_sweep_and_plan_tables_carry_each_points_measured_error(tmp_path):
     assert f"{lo:+.0%}..{hi:+.0%}" in out.stdout and "(51 runs)" in out.stdout
     assert f"<td data-key='vs_vllm_p90'>{lo:+.0%}..{hi:+.0%}" in (
         tmp_path / "p" / "report.html").read_text()
+
+
+def test_table_cells_say_which_kind_of_band_they_show():
+    from simulator.accuracy import p90_cell, row_cells
+
+    me = {"runs": 3, "alike": False, "range": {m: [-0.2, 0.1] for m in (
+        "ttft_s.p50", "ttft_s.p90", "tpot_s.p50", "tpot_s.p90")}}
+    assert p90_cell(row_cells(me)) == "-20%..+10% / -20%..+10% (all 3 runs)"
+    assert p90_cell({**row_cells(None), "calibrated": False, "error_band": 0.6}) == (
+        "+-60% (uncalibrated)")
+    # A profile fitted elsewhere, with no error table beside it: its stated band, so named.
+    assert p90_cell({**row_cells(None), "calibrated": "True", "error_band": "0.3"}) == (
+        "+-30% (stated)")
+    assert p90_cell({}) == "-"
