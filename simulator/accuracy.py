@@ -72,6 +72,12 @@ def table_for(cal: CalibrationProfile) -> Path | None:
     return table if table.is_file() else None
 
 
+def table_runs(cal: CalibrationProfile) -> int | None:
+    """How many measured runs the profile's error table holds (None without a table)."""
+    table = table_for(cal)
+    return None if table is None else len(_rows(str(table)))
+
+
 def run_key(model: str, quantization: str | None, kv_cache_dtype: str, speculative: bool,
             tp: int, pp: int) -> tuple:
     """What makes two deployments "measured alike" here (configuration flags such as

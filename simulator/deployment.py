@@ -177,7 +177,7 @@ def context_range_warning(cal: CalibrationProfile, longest: int) -> list[str]:
             "long-context attention is extrapolated"]
 
 
-def _nearest_measured(gpu: GPUSpec) -> tuple[str, ...]:
+def nearest_measured(gpu: GPUSpec) -> tuple[str, ...]:
     """Measured GPUs to borrow a profile from: a MIG slice's parent, then GPUs of the same
     architecture, then the rest (Hopper first, the most measured)."""
     measured = measured_gpus()
@@ -192,7 +192,7 @@ def resolve(cfg: SimulationConfig) -> Deployment:
     e = cfg.engine
     prov: dict[str, str] = {"gpu": "profiles/hardware (datasheet figures, see sources)"}
     prec = _precision(cfg, model, gpu, prov)
-    cal = select_profile(gpu.name, cfg.calibration, _nearest_measured(gpu))
+    cal = select_profile(gpu.name, cfg.calibration, nearest_measured(gpu))
     if cal.transferred_from:
         prov["calibration"] = (f"{cal.name}: efficiencies and overheads carried over from the "
                                "nearest measured GPU; uncalibrated for this one")

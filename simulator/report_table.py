@@ -109,19 +109,36 @@ def explain_table(dep, rows: list[OpCost], n_dec: int, ctx: int, chunks) -> Tabl
     return t
 
 
+def calibration_cell(gpu) -> str:
+    """Where a GPU's efficiencies come from: its own measured profile (and how many measured
+    runs its error table holds), one transferred from the nearest measured GPU, or the
+    datasheet defaults, with the band the summary would state for them."""
+    from simulator.accuracy import table_runs
+    from simulator.cost.calibration import select_profile
+    from simulator.deployment import nearest_measured
+
+    cal = select_profile(gpu.name, None, nearest_measured(gpu))
+    if cal.calibrated:
+        n = table_runs(cal)
+        return f"measured: {cal.name}" + ("" if n is None else f", {n} runs in its error table")
+    if cal.transferred_from:
+        return f"from {cal.transferred_from}, +-{cal.error_band:.0%}"
+    return f"datasheet defaults, +-{cal.error_band:.0%}"
+
+
 def gpu_table() -> Table:
     from simulator.gpu import catalog
 
     t = Table(title="GPU profiles (dense peak; profiles/hardware)")
     for col in ("name", "aliases", "memory GB", "GB/s", "bf16 TF", "fp8 TF", "link GB/s",
-                "$/h", "MIG slices"):
+                "$/h", "MIG slices", "calibration"):
         t.add_column(col)
     for g in catalog().values():
         link, kind = g.interconnect_gbs()
         t.add_row(g.name, ", ".join(g.aliases), f"{g.memory_gb:g}", f"{g.memory_bandwidth_gbs:g}",
                   f"{g.dense_tflops['bf16']:g}", f"{g.dense_tflops.get('fp8', 0):g}" if
                   "fp8" in g.dense_tflops else "-", f"{link:g} {kind}",
-                  f"{g.cost_per_gpu_hour_usd:.2f}", ", ".join(g.mig) or "-")
+                  f"{g.cost_per_gpu_hour_usd:.2f}", ", ".join(g.mig) or "-", calibration_cell(g))
     return t
 
 

@@ -202,3 +202,15 @@ def test_table_cells_say_which_kind_of_band_they_show():
     assert p90_cell({**row_cells(None), "calibrated": "True", "error_band": "0.3"}) == (
         "+-30% (stated)")
     assert p90_cell({}) == "-"
+
+
+def test_the_gpu_list_says_where_each_gpus_efficiencies_come_from():
+    from simulator.gpu import get_gpu
+    from simulator.report_table import calibration_cell
+
+    n = len(_table(H200 / "validation.csv"))
+    assert calibration_cell(get_gpu("h200")) == f"measured: h200-vllm-0.25.1, {n} runs in its error table"
+    assert calibration_cell(get_gpu("a100-80gb")) == "from h100-sxm-vllm-0.25.1, +-60%"
+    out = subprocess.run([sys.executable, "-m", "simulator", "gpus"], capture_output=True,
+                         text=True, cwd=ROOT)
+    assert out.returncode == 0 and "calibration" in out.stdout and "measured:" in out.stdout
