@@ -93,15 +93,15 @@ def describe_key(key: tuple) -> str:
                      *([f"PP{pp}"] if pp > 1 else [])])
 
 
-def _rows(table: str) -> tuple[tuple[str, tuple | None, tuple[tuple[str, float], ...]], ...]:
+def _rows(table: str) -> list[tuple[str, tuple | None, dict[str, float]]]:
     """(run, key, errors) per row, each run's key read from its ``meta.json`` (cached while the
-    file is unchanged: validate simulates many runs against one table)."""
+    file is unchanged: validate simulates many runs against one table; callers only read)."""
     st = Path(table).stat()
     return _read_rows(table, st.st_mtime_ns, st.st_size)
 
 
 @lru_cache(maxsize=8)
-def _read_rows(table: str, _mtime_ns: int, _size: int) -> tuple:
+def _read_rows(table: str, _mtime_ns: int, _size: int) -> list:
     root = Path(table).parent
     out = []
     for run, err in read_table(Path(table)).items():
@@ -113,8 +113,8 @@ def _read_rows(table: str, _mtime_ns: int, _size: int) -> tuple:
                           ea.get("tensor_parallel_size") or 1, ea.get("pipeline_parallel_size") or 1)
         except (OSError, ValueError, KeyError, AttributeError):
             key = None  # its run is not beside the table: it counts among all runs, alike none
-        out.append((run, key, tuple(sorted(err.items()))))
-    return tuple(out)
+        out.append((run, key, err))
+    return out
 
 
 def measured_error(cal: CalibrationProfile, key: tuple) -> dict | None:
@@ -124,8 +124,7 @@ def measured_error(cal: CalibrationProfile, key: tuple) -> dict | None:
     table = table_for(cal)
     if table is None:
         return None
-    rows = [(run, k, dict(err)) for run, k, err in _rows(str(table))
-            if all(q in dict(err) for q in TARGETS)]
+    rows = [(run, k, err) for run, k, err in _rows(str(table)) if all(q in err for q in TARGETS)]
     alike = [(run, err) for run, k, err in rows if k == key]
     chosen = alike or [(run, err) for run, _, err in rows]
     if not chosen:
@@ -145,12 +144,14 @@ def measured_error(cal: CalibrationProfile, key: tuple) -> dict | None:
     }
 
 
+def _span(lo: float, hi: float) -> str:
+    return f"{lo:+.0%}..{hi:+.0%}"
+
+
 def error_line(me: dict) -> str:
     """The summary's one-line statement of ``measured_error``."""
-    r = me["range"]
-
     def span(m: str) -> str:
-        return f"{r[m][0]:+.0%}..{r[m][1]:+.0%}"
+        return _span(*me["range"][m])
 
     vllm = f"real vLLM {me['vllm']}" if me.get("vllm") else "real vLLM"
     what = (f"{me['runs']} {vllm} runs of {me['runs_like']}" if me["alike"]
@@ -188,7 +189,7 @@ def p90_cell(row: dict) -> str:
         return "-" if band in (None, "") else f"+-{float(band):.0%} ({what})"
 
     def span(m: str) -> str:
-        return f"{float(row[f'error_lo.{m}']):+.0%}..{float(row[f'error_hi.{m}']):+.0%}"
+        return _span(float(row[f"error_lo.{m}"]), float(row[f"error_hi.{m}"]))
 
     alike = row.get("measured_alike") in (True, "True")
     return (f"{span('ttft_s.p90')} / {span('tpot_s.p90')} "
