@@ -218,12 +218,20 @@ def fit(run_dirs: list[Path], base: CalibrationProfile, per_run: int = STEPS_PER
         data[sec][key] = v
     active = [p for p in active if p[1] not in (fixed or {})]
     carried: dict[str, float] = {}
+    notes: dict[tuple[str, str], str] = {}  # (section, key) -> why, for values set, not fitted
     if not measured and engine_thread_from is not None:
         keys = ((engine_thread_from.model_extra or {}).get("provenance") or {}).get("measured") or {}
         if not keys:
             raise InputError("its engine-thread costs were not measured (no provenance.measured)",
                              file=engine_thread_from.path, field="engine-thread-from")
         carried = {k: getattr(engine_thread_from.overhead, k) for k in keys}
+        # A spread, not a time: carried as it is, outside the host-speed factor.
+        spread = carried.pop("launch_jitter", None)
+        if spread is not None:
+            data["overhead"]["launch_jitter"] = spread
+            notes[("overhead", "launch_jitter")] = (
+                f"carried from {engine_thread_from.name}, where it was measured (a call-to-call "
+                "spread of the engine thread, not a time: the host-speed factor leaves it)")
         fittable = {p[1] for p in active}
         for k in fit_carried or []:
             if k not in carried or k not in fittable:
@@ -308,7 +316,7 @@ def fit(run_dirs: list[Path], base: CalibrationProfile, per_run: int = STEPS_PER
             "measured": {k: n for k, (_, n) in measured.items()},
             "carried": ({"from": engine_thread_from.name, "host_speed": speed, "values": carried}
                         if speed is not None else None),
-            "fixed": dict(fixed or {}),
+            "fixed": dict(fixed or {}), "notes": notes,
             "runs": per_run, "gpu": samples[0].gpu.name, "meta": samples[0].meta,
             # The calibrated range: the widest engine shape among the fitted runs.
             "max_model_len": max(s.meta["engine_args"]["max_model_len"] for s in samples),
@@ -358,7 +366,9 @@ def write_profile(result: dict, out: Path, command: str, error_band: float,
         lines.append(f"\n[{sec}]")
         for k, v in getattr(cal, sec).model_dump().items():
             if v is not None:
-                note = "" if k in result["params"] or (sec, k) not in why else f"  # {why[(sec, k)]}"
+                why_k = result.get("notes", {}).get((sec, k)) or (
+                    None if k in result["params"] else why.get((sec, k)))
+                note = f"  # {why_k}" if why_k else ""
                 lines.append(f"{k} = {v:.6g}{note}")
     lines += ["\n[provenance]", f'gpu_driver_name = "{meta["gpu"]}"', f'vllm = "{meta["vllm"]}"',
               f'torch = "{meta["torch"]}"', f'date = "{time.strftime("%Y-%m-%d")}"',

@@ -35,6 +35,7 @@ server runs in its front-end process instead (about 15 us per sequence, measured
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -150,7 +151,37 @@ def measure(runs: list[RunShape], min_calls: int = 50) -> dict[str, tuple[float,
     if len(sampler) >= 10:
         out["sample_launch_s"] = (min(max(statistics.median(sampler), 0.0),
                                       out["cpu_step_s"][0]), len(sampler))
+    jitter = _jitter(runs, out["cpu_step_s"][0], out["cpu_seq_s"][0], min_calls)
+    if jitter is not None:
+        out["launch_jitter"] = jitter
     return out
+
+
+def _jitter(runs: list[RunShape], a: float, b: float, min_calls: int) -> tuple[float, int] | None:
+    """``(sigma, calls)``: how much a prefill call's preparation and launch vary around its
+    run's typical one, as the log-sd of a lognormal (interquartile range / 1.349: a 50 ms
+    Python pause does not widen it). Each call is compared with its own run's piecewise or eager
+    calls (preparation ``a`` + ``b`` x sequences, plus the run's median launch beyond it), so
+    hosts' and models' different speeds stay out of it."""
+    logs: list[float] = []
+    for r in runs:
+        kinds: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+        for st in r.steps:
+            if st.launched is None or not st.prefill or st.prev_tokens > r.graph_max_tokens:
+                continue
+            prep = a + b * (st.n_decode + len(st.prefill))
+            kinds[st.tokens > r.graph_max_tokens].append((st.launched - st.call_start, prep))
+        for calls in kinds.values():
+            if len(calls) < 10:
+                continue
+            rest = statistics.median(t - p for t, p in calls)
+            v = [math.log(t / (p + rest)) for t, p in calls if t > 0 and p + rest > 0]
+            mid = statistics.median(v)
+            logs += [x - mid for x in v]
+    if len(logs) < min_calls:
+        return None
+    q = statistics.quantiles(logs, n=4)
+    return (q[2] - q[0]) / 1.349, len(logs)
 
 
 def host_speed(steps: list[MeasuredStep], costs: FixedCosts, min_calls: int = 50) -> float | None:

@@ -35,6 +35,7 @@ import simpy
 from simulator.cost.power import Heat, slowed
 from simulator.cost.roofline import Roofline
 from simulator.engine_loop import hidden_emit, place
+from simulator.jitter import LaunchJitter
 from simulator.metrics import LogHistogram, ReplicaStats
 from simulator.prefix_cache import PrefixCache
 from simulator.request import Request
@@ -91,6 +92,10 @@ class Replica:
         self.pending: Pending | None = None
         self.last_emit = 0.0
         self.restart = True  # the engine idles: the next call starts when a request comes
+        # Each placed call's CPU time varies around the profile's mean (simulator.jitter);
+        # replicas start at different points of the sequence, as different hosts would.
+        sigma = roofline.overhead.launch_jitter
+        self.jitter = LaunchJitter(sigma, index * 0.1) if sigma > 0 else None
         # The GPU's recent compute load, which slows prefill steps at its power cap.
         self.heat = Heat.of(roofline) if roofline.power_k else None
         self.proc = env.process(self._run())
@@ -167,6 +172,9 @@ class Replica:
         call = now if self.restart else self.cpu_free  # after idling, the arrival starts it
         self.restart = False
         out = p.out_s if p is not None else self.rf.output_time(0)
+        if self.jitter is not None:
+            f = self.jitter.next()
+            cost = cost._replace(cpu_s=cost.cpu_s * f, launch_s=cost.launch_s * f)
         pl = place(now, call, cost, out, in_flight=p is not None, async_sched=self.async_sched)
         if self.async_sched:
             if p is not None:

@@ -147,6 +147,11 @@ def test_carried_engine_thread_costs_are_recorded_with_the_values_they_came_from
     for k, v in prov["engine_thread_source"].items():
         assert getattr(written, k) == pytest.approx(v * prov["host_speed"], rel=1e-5), k
     assert written.cpu_step_s != pytest.approx(src.overhead.cpu_step_s, rel=0.01)  # scaled
+    # ... but not the launch spread, which is carried unscaled and says where it came from.
+    assert src.overhead.launch_jitter > 0 and "launch_jitter" not in carried["values"]
+    assert written.launch_jitter == pytest.approx(src.overhead.launch_jitter, rel=1e-5)
+    assert f"carried from {src.name}" in next(x for x in out.read_text().splitlines()
+                                              if x.startswith("launch_jitter"))
 
 
 def test_committed_profiles_agree_with_the_profiles_they_carry_engine_thread_costs_from():
@@ -171,6 +176,8 @@ def test_committed_profiles_agree_with_the_profiles_they_carry_engine_thread_cos
                 f"{path}: {k} was carried as {v}, its source now holds {getattr(src, k)}: "
                 "refit this profile with its recorded command")
             assert getattr(own, k) == pytest.approx(v * prov["host_speed"], rel=1e-5), (path, k)
+        # The launch spread is carried as it is: a ratio, not a time.
+        assert own.launch_jitter == pytest.approx(src.launch_jitter, rel=1e-5), path
     assert dependents >= 1  # the H100's
 
 

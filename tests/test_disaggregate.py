@@ -9,7 +9,7 @@ import random
 import pytest
 
 from simulator.config import SimulationConfig
-from simulator.deployment import resolve
+from simulator.deployment import resolve, with_calibration
 from simulator.engine_loop import place
 from simulator.errors import InputError
 from simulator.request import Request
@@ -20,10 +20,15 @@ from tests.test_cli import simulate
 def test_one_request_pays_prefill_transfer_and_the_last_prompt_token():
     cfg = SimulationConfig(gpu="h100x2", disaggregate="1:1")
     dep = resolve(cfg)
+    # Each call at the profile's mean CPU time (no call-to-call spread, simulator.jitter), so
+    # the placement below can be worked out call by call.
+    o = dep.calibration.overhead
+    dep = with_calibration(dep, dep.calibration.model_copy(
+        update={"overhead": o.model_copy(update={"launch_jitter": 0.0})}))
     rf = dep.roofline
     n = 3000
     r = Request("a", 0.0, n, 50)
-    s = run_simulation(cfg, [r]).summary
+    s = run_simulation(cfg, [r], deployment=dep).summary
     # The prefill replica, idle, launches the prompt at its arrival; its KV ships once the step
     # ends on the GPU. The decode replica, idle too, computes the last prompt token, and that
     # token goes out once the engine thread has launched the first decode step after it.

@@ -107,6 +107,10 @@ class Overhead(BaseModel):
     # update_from_output, the engine loop's turn): per call and per sequence in the batch.
     output_s: float = Field(default=0.0, ge=0)
     output_seq_s: float = Field(default=0.0, ge=0)
+    # How a call's preparation and launch vary from call to call: the log-sd of a lognormal
+    # factor of mean 1 on each step the replica places one by one (simulator.jitter); measured
+    # from timeline runs, each call against its run's typical one. 0: every call takes the mean.
+    launch_jitter: float = Field(default=0.0, ge=0, le=1)
     # --- outside the engine ----------------------------------------------------------------------
     # Per request, outside the engine loop (a server's API front end; the profiler's own
     # bookkeeping): shifts first-token and finish times, not the engine. Measured by `simulate
