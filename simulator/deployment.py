@@ -20,6 +20,7 @@ from simulator.cost.calibration import (
     select_profile,
     with_host_speed,
 )
+from simulator.cost.gemm_shapes import excess
 from simulator.cost.quantization import Precision, precision
 from simulator.cost.roofline import Roofline
 from simulator.errors import InputError
@@ -242,6 +243,7 @@ def resolve(cfg: SimulationConfig) -> Deployment:
         if rf.spec is not None:
             rf.q = rf.spec.k + 1
         rf.graph_max_tokens = graphs(rf.q)
+        rf.gemm_excess = _gemm_excess(gpu, model, tp, prec, prov)
         rf.async_sched = rf.spec is None or rf.spec.method not in SYNC_SPEC_METHODS
         act = _activation_reserve(model, tp, tokens, seqs, prec.act_bytes,
                                   cal.memory.moe_routed_bytes)
@@ -369,6 +371,20 @@ def _disaggregation(cfg: SimulationConfig, gpu: GPUSpec, replicas: int, cal: Cal
     return p, link / 2 * 1e9 * cal.efficiency.comm_bus
 
 
+def _gemm_excess(gpu, model, tp: int, prec, prov: dict) -> dict[int, float]:
+    """The sizes where this model's 16-bit dense GEMMs were measured off the curve on this GPU
+    (simulator.cost.gemm_shapes; the tables hold TP1 shapes), said in the provenance."""
+    if tp != 1 or prec.gemm_dtype not in ("bf16", "fp16") or any(g.moe for g in model.groups):
+        return {}
+    found, tables = excess(gpu.name, model.name)
+    if found:
+        prov["gemm_shapes"] = ("measured: " + ", ".join(
+            f"GEMMs at {m} tokens x{f:.2f} the curve" for m, f in found.items())
+            + f" (profiles/calibration/operators: {', '.join(tables)}; steps padded to that "
+            "CUDA graph, or eager at that size)")
+    return found
+
+
 def with_calibration(dep: Deployment, cal: CalibrationProfile) -> Deployment:
     """The same deployment costed under another calibration profile (calibrate's candidates):
     a fresh roofline with the resolved graph limit, scheduling mode, speculation and stages."""
@@ -376,4 +392,5 @@ def with_calibration(dep: Deployment, cal: CalibrationProfile) -> Deployment:
     rf = Roofline(dep.model, dep.gpu, dep.tp, dep.precision, cal)
     rf.pp, rf.spec, rf.q = old.pp, old.spec, old.q
     rf.graph_max_tokens, rf.async_sched = old.graph_max_tokens, old.async_sched
+    rf.gemm_excess = old.gemm_excess
     return dataclasses.replace(dep, calibration=cal, roofline=rf)

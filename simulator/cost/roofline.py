@@ -23,6 +23,7 @@ from typing import NamedTuple
 from simulator.cost.calibration import CalibrationProfile
 from simulator.cost.decode_run import DecodeRun
 from simulator.cost.fixed import FixedCosts
+from simulator.cost.gemm_shapes import run_size
 from simulator.cost.quantization import Precision
 from simulator.gpu import GPUSpec
 from simulator.model import ModelSpec
@@ -163,6 +164,9 @@ class Roofline(FixedCosts):
         # vLLM's async scheduling (set by the deployment): the engine thread's cost overlaps
         # the GPU's; without it, it is serial (see simulator.engine_loop).
         self.async_sched = True
+        # Sizes where the GEMMs run off the curve, measured (set by the deployment;
+        # simulator.cost.gemm_shapes): {tokens the GEMMs run at: factor on their time}.
+        self.gemm_excess: dict[int, float] = {}
         self._k_cache: dict[int, tuple] = {}
         self._layer_cache: dict[int, tuple[float, float, float]] = {}
         self._step_cache: dict[tuple[int, int, int, bool], tuple] = {}
@@ -186,14 +190,18 @@ class Roofline(FixedCosts):
         out = []
         rc = self.rc_gemm * (1.0 if tokens <= GEMM_DECAY_FROM or not self.gemm_decay
                              else (tokens / GEMM_DECAY_FROM) ** -self.gemm_decay)
+        slow = (self.gemm_excess.get(run_size(tokens, self.graph_max_tokens), 1.0)
+                if self.gemm_excess else 1.0)
         for count, moe, mlp_p, shared_p, router_p in self.groups:
+            # A measured off-curve size slows the dense layers' GEMMs (rates / factor).
+            dc, dm = (rc / slow, self.rm_gemm / slow) if moe is None else (rc, self.rm_gemm)
             out.append(("attn_proj(qkv,o)", count, 2 * tokens * self.attn_params,
                         self.attn_params * wb + tokens * self.attn_act, 0.0,
-                        rc, self.rm_gemm, INF, 0.0))
+                        dc, dm, INF, 0.0))
             if moe is None:
                 out.append(("mlp", count, 2 * tokens * mlp_p,
                             mlp_p * wb + tokens * ab * (2 * self.model.hidden + mlp_p / self.model.hidden),
-                            0.0, rc, self.rm_gemm, INF, 0.0))
+                            0.0, dc, dm, INF, 0.0))
             else:
                 # Experts touched by `tokens` tokens each routed to top_k of E (uniform routing).
                 touched = moe.num_experts * (1 - (1 - moe.top_k / moe.num_experts) ** tokens)
