@@ -126,7 +126,8 @@ class Sample:
             if st.prefill and rf.power_k:
                 c = slowed(c, rf.power_k, h)
             pl = place(st.gpu_free, st.call_start, c, rf.output_time(st.prev_seqs),
-                       in_flight=st.in_flight, async_sched=rf.async_sched)
+                       in_flight=st.in_flight, async_sched=rf.async_sched,
+                       wait_s=rf.overhead.prefill_harvest_s if st.prev_prefill else 0.0)
             dev.append(math.log(max(pl.end - st.gpu_start, 1e-6) / st.gpu_s))
             if not rf.async_sched:  # the call waits for its own batch, then harvests it
                 ret = pl.end + rf.output_time(st.n_decode + len(st.prefill))

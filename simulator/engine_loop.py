@@ -41,13 +41,14 @@ class Placed(NamedTuple):
     next_call: float | None  # when the engine thread starts its next call (async)
 
 
-def place(gpu_free: float, call_start: float, cost: Costs, prev_out_s: float, *,
-          in_flight: bool, async_sched: bool = True) -> Placed:
+def place(gpu_free: float, call_start: float, cost: Costs, prev_out_s: float,
+          in_flight: bool, async_sched: bool = True, wait_s: float = 0.0) -> Placed:
     """Place one step. ``gpu_free``: the previous batch's end on the GPU; ``call_start``: the
     engine call that forms this batch; ``prev_out_s``: CPU time to harvest the previous batch
-    and emit its tokens; ``in_flight``: whether a previous batch is still to be harvested.
-    Without async scheduling the caller emits this step's tokens at ``end`` + its own output
-    time and starts the next call then."""
+    and emit its tokens, and ``wait_s`` more when the call had to wait for that batch (a
+    batch holding prefill: ``prefill_harvest_s``); ``in_flight``: whether a previous batch is
+    still to be harvested. Without async scheduling the caller emits this step's tokens at
+    ``end`` + its own output time and starts the next call then."""
     prep = call_start + cost.cpu_s
     launched = prep + cost.launch_s
     start = max(gpu_free, prep)
@@ -55,12 +56,14 @@ def place(gpu_free: float, call_start: float, cost: Costs, prev_out_s: float, *,
     if not async_sched:
         return Placed(end, launched, None, None)
     if in_flight:
-        emit = max(launched, gpu_free) + prev_out_s
+        emit = (gpu_free + prev_out_s + wait_s if launched <= gpu_free
+                else launched + prev_out_s)
         return Placed(end, launched, emit, emit)
     return Placed(end, launched, None, launched + prev_out_s)
 
 
-def hidden_emit(gpu_free: float, call_start: float, cost: Costs, prev_out_s: float) -> float | None:
+def hidden_emit(gpu_free: float, call_start: float, cost: Costs, prev_out_s: float,
+                wait_s: float = 0.0) -> float | None:
     """:func:`place`'s emission of the previous step, async with a batch in flight, when this
     step's launch is done by the time the GPU frees (the usual case between decode runs): the
     step then starts at ``gpu_free`` and the engine thread's next call at the emission. None
@@ -68,4 +71,4 @@ def hidden_emit(gpu_free: float, call_start: float, cost: Costs, prev_out_s: flo
     runs' hot path."""
     if call_start + cost.cpu_s + cost.launch_s > gpu_free:
         return None
-    return gpu_free + prev_out_s
+    return gpu_free + prev_out_s + wait_s

@@ -25,8 +25,18 @@ it returned; with the previous batch's end on the GPU, that gives, for every cal
   8,192 tokens, measured), which costs nothing on either timeline as long as it ends before
   the previous step does;
 - harvest (output copy, ``update_from_output``, output processing until the call returns):
-  return - max(previous batch's GPU end, launch end) on calls with a batch in flight,
-  regressed on that batch's sequences -> ``output_s`` + ``output_seq_s`` x n.
+  return - max(previous batch's GPU end, launch end) on calls with a batch in flight (but
+  those below), regressed on that batch's sequences -> ``output_s`` + ``output_seq_s`` x n;
+- a prefill's harvest: a call that launched its batch and then waited for a batch holding
+  prefill (first tokens to emit) takes longer to harvest it than one holding decodes only:
+  the same harvest time less the line above, median over those calls -> ``prefill_harvest_s``
+  (all the H200's timeline runs: 0.29 ms over 14,316 calls, interquartile 0.02-0.58;
+  waited-for decode batches: 0.02);
+- the drain: a call that launched nothing (the engine's last before it idles) waits for the
+  batch in flight itself and takes longer to harvest it than a call that launched one first:
+  its return - max(the batch's GPU end, the previous call's return), less the harvest above,
+  median over those calls -> ``drain_s`` (all the H200's: 0.32 ms over 1,859 calls, interquartile
+  0.22-0.44; a two-token request's TPOT is one decode step plus it).
 
 The regressions are robust (soft-L1: an occasional 50 ms Python pause does not move them).
 The profiler's engine runs in-process, so harvest includes vLLM's output processor, which a
@@ -64,7 +74,7 @@ def _line(xs: list[float], ys: list[float], scale: float) -> tuple[float, float]
     from scipy.optimize import least_squares
 
     x, y = np.asarray(xs, float), np.asarray(ys, float)
-    res = least_squares(lambda p: (p[0] + p[1] * x - y) / scale, [float(np.median(y)), 0.0],
+    res = least_squares(lambda p: (p[0] + p[1] * x - y) / scale, [max(float(np.median(y)), 0.0), 0.0],
                         loss="soft_l1", bounds=([0.0, 0.0], [np.inf, np.inf]))
     return float(res.x[0]), float(res.x[1])
 
@@ -92,6 +102,8 @@ def measure(runs: list[RunShape], min_calls: int = 50) -> dict[str, tuple[float,
     """``{key: (value, calls measured)}`` for each engine-thread cost the runs pin (at least
     ``min_calls`` calls of its kind); empty when no run carries the timeline."""
     prep_n, prep_y, out_n, out_y, sampler = [], [], [], [], []
+    drains: list[tuple[int, float]] = []  # (sequences, harvest) of batches a call drained
+    first: list[tuple[int, float]] = []  # ... of prefill batches a call waited for
     for r in runs:
         small = [st for st in r.steps if st.launched is not None and not st.prefill
                  and st.n_decode <= 2]
@@ -103,9 +115,14 @@ def measure(runs: list[RunShape], min_calls: int = 50) -> dict[str, tuple[float,
         for st in r.steps:
             if st.launched is None:
                 continue
-            if st.in_flight:
+            if st.prev_prefill and st.launched <= st.gpu_free:  # measured apart, below
+                first.append((st.prev_seqs, st.call_end - st.gpu_free))
+            elif st.in_flight:
                 out_n.append(st.prev_seqs)
                 out_y.append(st.call_end - max(st.gpu_free, st.launched))
+            if st.drained is not None:
+                drains.append((st.n_decode + len(st.prefill),
+                               st.drained - max(st.gpu_start + st.gpu_s, st.call_end)))
             if not st.prefill and st.tokens <= r.graph_max_tokens:
                 prep_n.append(st.n_decode)
                 prep_y.append(st.launched - st.call_start)
@@ -117,6 +134,12 @@ def measure(runs: list[RunShape], min_calls: int = 50) -> dict[str, tuple[float,
     if len(out_y) >= min_calls:
         a, b = _line(out_n, out_y, 0.0005)
         out["output_s"], out["output_seq_s"] = (a, len(out_y)), (b, len(out_y))
+        if len(first) >= min_calls:
+            out["prefill_harvest_s"] = (max(statistics.median(y - a - b * n for n, y in first),
+                                            0.0), len(first))
+        if len(drains) >= min_calls:
+            out["drain_s"] = (max(statistics.median(y - a - b * n for n, y in drains), 0.0),
+                              len(drains))
     # Launches per layer of each (model, FP8?): (piecewise, eager) lists.
     by_model: dict[tuple[str, bool], tuple[list[float], list[float]]] = {}
     moe: list[tuple[float, int, int]] = []  # (eager launch, layers, MoE layers) of MoE runs

@@ -13,8 +13,8 @@ committed run (the smallest margin is 0.1-0.7 ms per run).
 
 A call has a batch in flight (one to harvest before it returns) when the call before it launched
 one: a batch is harvested by the next call only. After a call that scheduled nothing (it waited
-for the last batch itself) or an idle spell (the replay loop sleeps only when nothing is
-unfinished), nothing is in flight.
+for the last batch itself: the step it harvested keeps that call's return as ``drained``) or an
+idle spell (the replay loop sleeps only when nothing is unfinished), nothing is in flight.
 """
 
 from __future__ import annotations
@@ -44,6 +44,10 @@ class MeasuredStep:
     prev_seqs: int  # sequences in that batch
     launched: float | None = None  # wall clock, the engine thread finished launching it
     prev_tokens: int = 0  # tokens of the batch before it (0: none in flight)
+    # The return of the call after it when that call launched nothing (it waited for this
+    # batch itself, harvested it and left the engine idle); None otherwise.
+    drained: float | None = None
+    prev_prefill: bool = False  # the batch in flight held a prefill (a first token to emit)
 
     @property
     def tokens(self) -> int:
@@ -86,6 +90,9 @@ def read_steps(run_dir: Path, records: list[dict] | None = None) -> list[Measure
             prev_seqs = (prev["n_decode"] + len(prev["prefill"])) if in_flight else 0
             prev_tokens = (prev["n_decode"] + sum(c for c, _ in prev["prefill"])) if in_flight else 0
             out.append(MeasuredStep(n, ctx, pre, float(g), t0, t1, free, start, in_flight,
-                                    prev_seqs, s.get("launched_s"), prev_tokens))
+                                    prev_seqs, s.get("launched_s"), prev_tokens, None,
+                                    in_flight and bool(prev["prefill"])))
+        elif out and prev is not None and prev.get("gpu_s") is not None:
+            out[-1].drained = t1  # this call scheduled nothing and harvested the last batch
         prev = s
     return out

@@ -49,12 +49,14 @@ if TYPE_CHECKING:
 class Pending:
     """A step that ended on the GPU at ``end`` and whose tokens are not emitted yet: requests
     stamped there (first tokens, completions), decode tokens to count as gaps, and the engine
-    thread's time to harvest the batch."""
+    thread's time to harvest the batch, and its extra when the call has to wait for a batch
+    that held prefill (``prefill_harvest_s``)."""
 
     end: float
     out_s: float
     n_gaps: int = 0
     stamped: list[Request] = field(default_factory=list)
+    wait_s: float = 0.0
 
 
 class Replica:
@@ -92,6 +94,10 @@ class Replica:
         self.pending: Pending | None = None
         self.last_emit = 0.0
         self.restart = True  # the engine idles: the next call starts when a request comes
+        # Harvests that take longer (measured): of a batch holding prefill the call waited
+        # for, and of the last batch before an idle spell.
+        self.prefill_harvest_s = roofline.overhead.prefill_harvest_s
+        self.drain_s = roofline.overhead.drain_s
         # Each placed call's CPU time varies around the profile's mean (simulator.jitter);
         # replicas start at different points of the sequence, as different hosts would.
         sigma = roofline.overhead.launch_jitter
@@ -175,25 +181,28 @@ class Replica:
         if self.jitter is not None:
             f = self.jitter.next()
             cost = cost._replace(cpu_s=cost.cpu_s * f, launch_s=cost.launch_s * f)
-        pl = place(now, call, cost, out, in_flight=p is not None, async_sched=self.async_sched)
+        pl = place(now, call, cost, out, p is not None, self.async_sched,
+                   p.wait_s if p is not None else 0.0)
         if self.async_sched:
             if p is not None:
                 self._emit(pl.prev_emit)
             self.cpu_free = pl.next_call
         return pl.end
 
-    def _ended(self, end: float, out_s: float, n_gaps: int, stamped: list[Request]) -> None:
+    def _ended(self, end: float, out_s: float, n_gaps: int, stamped: list[Request],
+               wait_s: float = 0.0) -> None:
         """A step ended at ``end``: async, its tokens wait for the next launch; synchronous,
         they go out once harvested, and the next call starts then."""
-        self.pending = Pending(end, out_s, n_gaps, stamped)
+        self.pending = Pending(end, out_s, n_gaps, stamped, wait_s)
         if not self.async_sched:
             self._emit(end + out_s)
             self.cpu_free = end + out_s
 
     def _drain(self, now: float) -> None:
-        """Nothing left to launch: the engine thread's next call harvests the last batch."""
+        """Nothing left to launch: the engine thread's next call waits for the last batch and
+        harvests it, later than a call that launched one first (``drain_s``, measured)."""
         if self.pending is not None:
-            self._emit(max(self.cpu_free, now) + self.pending.out_s)
+            self._emit(max(self.cpu_free, now) + self.pending.out_s + self.drain_s)
 
     # --- callbacks from the scheduler ----------------------------------------------------------
     def _on_token(self, r: Request, now: float) -> None:
@@ -284,7 +293,7 @@ class Replica:
         run = self.rf.decode_run(len(s.decoding), s.ctx_sum, s.rate_sum)
         p = self.pending
         if self.async_sched and p is not None and not self.restart:
-            emit = hidden_emit(now, self.cpu_free, run.first, p.out_s)
+            emit = hidden_emit(now, self.cpu_free, run.first, p.out_s, p.wait_s)
             if emit is not None:  # no lead: the launch was done before the GPU freed
                 self._emit(emit)
                 self.cpu_free = emit
@@ -358,6 +367,7 @@ class Replica:
         s.finish_step(step, now, self._on_token, self.done.append)
         firsts = [r for r, _ in step.chunks if r.first_token_t == now]
         self._ended(now, self.rf.output_time(step.n_decode + n_prefills), step.n_decode,
-                    firsts + self.done[n0:])
+                    firsts + self.done[n0:],
+                    self.prefill_harvest_s if step.chunks else 0.0)
         self.stats.add(dur, 1, step.n_decode + n_prefills, cost.flops, cost.hbm_bytes,
                        used0, s.kv.used, peak, s.kv.total, occupancy)

@@ -129,3 +129,44 @@ def test_without_async_scheduling_the_engine_thread_is_serial(cal):
     c = run.first_step()
     p = place(0.0, OUT + 4 * OUT_SEQ, c, 0.0, in_flight=False, async_sched=False)
     assert p.end == pytest.approx(run.step_time(0), rel=1e-9)
+
+
+def test_the_last_batch_before_an_idle_spell_is_harvested_late(cal, tmp_path):
+    """The engine's last call launches nothing and waits for the batch in flight itself:
+    harvesting it takes ``drain_s`` more (measured), which delays the tokens of that batch only.
+    A two-token request served alone: its second token, not its first."""
+    late = unit_cal_with(tmp_path / "late.toml", cpu_step_s=PREP, cpu_seq_s=SEQ,
+                         eager_layer_s=EAGER, output_s=OUT, output_seq_s=OUT_SEQ, drain_s=0.004)
+    a0 = run_simulation(_cfg(cal), [Request("a", 0.0, 200, 2)]).requests[0]
+    a1 = run_simulation(_cfg(late), [Request("a", 0.0, 200, 2)]).requests[0]
+    assert a1.first_token_t == pytest.approx(a0.first_token_t, rel=1e-12)
+    assert a1.finish_t - a0.finish_t == pytest.approx(0.004, rel=1e-9)
+    assert a1.tpot - a0.tpot == pytest.approx(0.004, rel=1e-9)
+    # While another request keeps the engine busy, a finishing request's batch is harvested
+    # by a call that launched the next one: no drain.
+    two = [Request("a", 0.0, 200, 2), Request("b", 0.0, 200, 50)]
+    b0, b1 = (run_simulation(_cfg(c), [Request(r.rid, r.arrival, r.input_tokens, r.output_tokens)
+                                       for r in two]).requests for c in (cal, late))
+    assert b1[0].finish_t == pytest.approx(b0[0].finish_t, rel=1e-12)
+    assert b1[1].finish_t - b0[1].finish_t == pytest.approx(0.004, rel=1e-9)
+
+
+def test_a_first_token_its_call_waited_for_is_harvested_late(cal, tmp_path):
+    """A call that launched its batch and then waited for a batch holding prefill harvests it
+    ``prefill_harvest_s`` later (measured): a 448-token prompt (a graph, still on the GPU when
+    its first decode is launched) gets its first token that much later; a 1,000-token one
+    (eager, launch-bound: done before the decode's launch) does not."""
+    late = unit_cal_with(tmp_path / "late.toml", cpu_step_s=PREP, cpu_seq_s=SEQ,
+                         eager_layer_s=EAGER, output_s=OUT, output_seq_s=OUT_SEQ,
+                         prefill_harvest_s=0.003)
+    for prompt, delay in ((448, 0.003), (1000, 0.0)):
+        a0, a1 = (run_simulation(_cfg(c), [Request("a", 0.0, prompt, 20)]).requests[0]
+                  for c in (cal, late))
+        assert a1.first_token_t - a0.first_token_t == pytest.approx(delay, abs=1e-12)
+    # place: the extra only where the call waited for the batch in flight.
+    graph = StepCost(0.005, 0, 0, cpu_s=0.001, launch_s=0.0)
+    assert place(0.010, 0.002, graph, 0.0005, in_flight=True, wait_s=0.003).prev_emit == (
+        pytest.approx(0.0135))
+    assert place(0.0, 0.002, graph, 0.0005, in_flight=True, wait_s=0.003).prev_emit == (
+        pytest.approx(0.0035))
+    assert hidden_emit(0.010, 0.002, graph, 0.0005, 0.003) == pytest.approx(0.0135)

@@ -80,3 +80,56 @@ def test_fp8s_extra_launch_is_measured_against_the_same_models_16_bit_runs():
     # Without the same model's 16-bit runs, the extra is over every 16-bit run (clipped at 0).
     alone = measure([shaped(llama_fp8, "other"), slow_host])
     assert alone["eager_fp8_layer_s"][0] == 0.0
+
+
+OUT, OUT_SEQ, DRAIN, FIRST = 0.0003, 2e-5, 0.0004, 0.0003
+
+
+def _harvested(n: int = 150) -> RunShape:
+    """Decode steps launched before the GPU frees (each call then waits and harvests the batch
+    in flight in ``OUT`` + ``OUT_SEQ`` x its sequences, ``FIRST`` more when that batch held
+    prefill: every tenth); every third batch is drained by a call that launched nothing, which
+    takes ``DRAIN`` more to harvest it."""
+    steps, t = [], 0.0
+    for i in range(n):
+        seqs, prev = 1 + i % 8, 1 + (i - 1) % 8
+        launched = t + PREP + PER_SEQ * seqs
+        free = launched + 0.002
+        first = i % 10 == 1
+        st = MeasuredStep(seqs, 1000.0, [], 0.005, t,
+                          free + OUT + OUT_SEQ * prev + FIRST * first, free, free,
+                          True, prev, launched, prev, None, first)
+        if i % 3 == 0:
+            st.drained = free + 0.005 + OUT + OUT_SEQ * seqs + DRAIN
+        steps.append(st)
+        t += 1.0
+    return RunShape(steps, LAYERS, 0, 512, False)
+
+
+def test_drained_and_prefill_batches_late_harvests_are_measured_over_the_usual_one():
+    got = measure([_harvested(500)])
+    assert got["output_s"][0] == pytest.approx(OUT, rel=1e-3)
+    assert got["output_seq_s"][0] == pytest.approx(OUT_SEQ, rel=1e-2)
+    assert got["drain_s"][1] == 167 and got["drain_s"][0] == pytest.approx(DRAIN, abs=4e-6)
+    assert got["prefill_harvest_s"][1] == 50
+    assert got["prefill_harvest_s"][0] == pytest.approx(FIRST, abs=4e-6)
+    # Fewer such calls than a measurement needs: none is made.
+    few = measure([_harvested(90)], min_calls=31)
+    assert "output_s" in few and "drain_s" not in few and "prefill_harvest_s" not in few
+
+
+def test_a_call_that_launched_nothing_marks_the_batch_it_drained(tmp_path):
+    import json
+
+    from simulator.measured_steps import read_steps
+
+    def rec(t, gpu, prefill=()):
+        return {"n_decode": 0 if prefill else 1, "decode_ctx": 0 if prefill else 20,
+                "prefill": [list(p) for p in prefill], "gpu_s": gpu, "start_s": t,
+                "end_s": t + 0.004}
+    rows = [rec(0.0, 0.003, [(16, 0)]), rec(0.004, 0.003), rec(0.008, None),  # drained
+            rec(1.0, 0.003, [(16, 0)]), rec(1.004, 0.003), rec(1.008, 0.003)]
+    (tmp_path / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    steps = read_steps(tmp_path)
+    assert [s.drained for s in steps] == [None, pytest.approx(0.012), None, None, None]
+    assert [s.prev_prefill for s in steps] == [False, True, False, True, False]

@@ -107,6 +107,13 @@ class Overhead(BaseModel):
     # update_from_output, the engine loop's turn): per call and per sequence in the batch.
     output_s: float = Field(default=0.0, ge=0)
     output_seq_s: float = Field(default=0.0, ge=0)
+    # ... and this much more in a call that launched nothing (the last before the engine idles):
+    # it blocks on the batch in flight and harvests it late, so the last tokens before an idle
+    # spell reach the client later than a busy engine's (simulator.engine_thread).
+    drain_s: float = Field(default=0.0, ge=0)
+    # ... and this much more when the call waited for a batch that held prefill (its first
+    # tokens): a first token that waits for its prefill on the GPU goes out later.
+    prefill_harvest_s: float = Field(default=0.0, ge=0)
     # How a call's preparation and launch vary from call to call: the log-sd of a lognormal
     # factor of mean 1 on each step the replica places one by one (simulator.jitter); measured
     # from timeline runs, each call against its run's typical one. 0: every call takes the mean.
@@ -207,7 +214,9 @@ def select_profile(gpu_name: str, explicit: str | None,
 # host_speed), the same GPU work on every one.
 ENGINE_THREAD_KEYS = ("cpu_step_s", "cpu_seq_s", "sample_launch_s", "piecewise_layer_s",
                       "eager_layer_s", "eager_moe_layer_s", "piecewise_fp8_layer_s",
-                      "eager_fp8_layer_s", "output_s", "output_seq_s", "draft_layer_pass_s")
+                      "eager_fp8_layer_s", "output_s", "output_seq_s", "drain_s",
+                      "prefill_harvest_s",
+                      "draft_layer_pass_s")
 
 
 def with_host_speed(cal: CalibrationProfile, factor: float) -> CalibrationProfile:
