@@ -54,8 +54,9 @@ def test_the_hidden_launch_shortcut_agrees_with_place():
         cost = StepCost(rng.uniform(0, 0.02), 0, 0, cpu_s=rng.uniform(0, 0.005),
                         launch_s=rng.choice([0.0, rng.uniform(0, 0.04)]))
         free, call, out = rng.uniform(0, 0.05), rng.uniform(0, 0.05), rng.uniform(0, 0.002)
-        emit = hidden_emit(free, call, cost, out)
-        p = place(free, call, cost, out, in_flight=True)
+        wait = rng.choice([0.0, rng.uniform(0, 0.001)])
+        emit = hidden_emit(free, call, cost, out, wait)
+        p = place(free, call, cost, out, in_flight=True, wait_s=wait)
         if emit is None:
             assert p.launched > free
         else:
