@@ -99,7 +99,7 @@ class Sample:
         for st in every:
             loads.append(heat.at(st.gpu_start))
             if st.gpu_s and st.tokens:
-                c = rf.step(st.n_decode, st.decode_ctx, st.prefill, st.n_decode + len(st.prefill))
+                c = rf.step(st.n_decode, st.decode_ctx, st.prefill, st.seqs)
                 heat.add(st.gpu_start + st.gpu_s, st.gpu_s, c.flops)
         kept = [(st, h) for st, h in zip(every[5:], loads[5:], strict=True) if st.tokens]
         steps = [st for st, _ in kept]
@@ -122,7 +122,7 @@ class Sample:
         rf = with_calibration(self.dep, cal).roofline
         dev, call, launch = [], [], []
         for st, h in zip(self.steps, self.heat, strict=True):
-            c = rf.step(st.n_decode, st.decode_ctx, st.prefill, st.n_decode + len(st.prefill))
+            c = rf.step(st.n_decode, st.decode_ctx, st.prefill, st.seqs)
             if st.prefill and rf.power_k:
                 c = slowed(c, rf.power_k, h)
             pl = place(st.gpu_free, st.call_start, c, rf.output_time(st.prev_seqs),
@@ -130,7 +130,7 @@ class Sample:
                        wait_s=rf.overhead.prefill_harvest_s if st.prev_prefill else 0.0)
             dev.append(math.log(max(pl.end - st.gpu_start, 1e-6) / st.gpu_s))
             if not rf.async_sched:  # the call waits for its own batch, then harvests it
-                ret = pl.end + rf.output_time(st.n_decode + len(st.prefill))
+                ret = pl.end + rf.output_time(st.seqs)
             else:
                 ret = pl.prev_emit if st.in_flight else pl.next_call
             call.append(math.log(max(ret - st.call_start, 1e-6)

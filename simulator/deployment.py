@@ -374,7 +374,7 @@ def _disaggregation(cfg: SimulationConfig, gpu: GPUSpec, replicas: int, cal: Cal
 def _gemm_excess(gpu, model, tp: int, prec, prov: dict) -> dict[int, float]:
     """The sizes where this model's 16-bit dense GEMMs were measured off the curve on this GPU
     (simulator.cost.gemm_shapes; the tables hold TP1 shapes), said in the provenance."""
-    if tp != 1 or prec.gemm_dtype not in ("bf16", "fp16") or any(g.moe for g in model.groups):
+    if tp != 1 or prec.gemm_dtype not in ("bf16", "fp16") or model.is_moe:
         return {}
     found, tables = excess(gpu.name, model.name)
     if found:

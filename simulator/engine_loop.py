@@ -41,7 +41,7 @@ class Placed(NamedTuple):
     next_call: float | None  # when the engine thread starts its next call (async)
 
 
-def place(gpu_free: float, call_start: float, cost: Costs, prev_out_s: float,
+def place(gpu_free: float, call_start: float, cost: Costs, prev_out_s: float, *,
           in_flight: bool, async_sched: bool = True, wait_s: float = 0.0) -> Placed:
     """Place one step. ``gpu_free``: the previous batch's end on the GPU; ``call_start``: the
     engine call that forms this batch; ``prev_out_s``: CPU time to harvest the previous batch

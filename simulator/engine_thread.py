@@ -121,8 +121,7 @@ def measure(runs: list[RunShape], min_calls: int = 50) -> dict[str, tuple[float,
                 out_n.append(st.prev_seqs)
                 out_y.append(st.call_end - max(st.gpu_free, st.launched))
             if st.drained is not None:
-                drains.append((st.n_decode + len(st.prefill),
-                               st.drained - max(st.gpu_start + st.gpu_s, st.call_end)))
+                drains.append((st.seqs, st.drained - max(st.gpu_start + st.gpu_s, st.call_end)))
             if not st.prefill and st.tokens <= r.graph_max_tokens:
                 prep_n.append(st.n_decode)
                 prep_y.append(st.launched - st.call_start)
@@ -134,12 +133,10 @@ def measure(runs: list[RunShape], min_calls: int = 50) -> dict[str, tuple[float,
     if len(out_y) >= min_calls:
         a, b = _line(out_n, out_y, 0.0005)
         out["output_s"], out["output_seq_s"] = (a, len(out_y)), (b, len(out_y))
-        if len(first) >= min_calls:
-            out["prefill_harvest_s"] = (max(statistics.median(y - a - b * n for n, y in first),
-                                            0.0), len(first))
-        if len(drains) >= min_calls:
-            out["drain_s"] = (max(statistics.median(y - a - b * n for n, y in drains), 0.0),
-                              len(drains))
+        for key, calls in (("prefill_harvest_s", first), ("drain_s", drains)):
+            if len(calls) >= min_calls:  # their harvest beyond the line, median
+                out[key] = (max(statistics.median(y - a - b * n for n, y in calls), 0.0),
+                            len(calls))
     # Launches per layer of each (model, FP8?): (piecewise, eager) lists.
     by_model: dict[tuple[str, bool], tuple[list[float], list[float]]] = {}
     moe: list[tuple[float, int, int]] = []  # (eager launch, layers, MoE layers) of MoE runs
@@ -148,8 +145,8 @@ def measure(runs: list[RunShape], min_calls: int = 50) -> dict[str, tuple[float,
         for st in r.steps:
             if st.launched is None or not st.tokens or st.prev_tokens > r.graph_max_tokens:
                 continue
-            seqs = st.n_decode + len(st.prefill)
-            launch = st.launched - st.call_start - out["cpu_step_s"][0] - out["cpu_seq_s"][0] * seqs
+            launch = (st.launched - st.call_start - out["cpu_step_s"][0]
+                      - out["cpu_seq_s"][0] * st.seqs)
             if st.tokens <= r.graph_max_tokens:
                 if st.prefill:
                     pw.append(launch / r.layers)
@@ -192,7 +189,7 @@ def _jitter(runs: list[RunShape], a: float, b: float, min_calls: int) -> tuple[f
         for st in r.steps:
             if st.launched is None or not st.prefill or st.prev_tokens > r.graph_max_tokens:
                 continue
-            prep = a + b * (st.n_decode + len(st.prefill))
+            prep = a + b * st.seqs
             kinds[st.tokens > r.graph_max_tokens].append((st.launched - st.call_start, prep))
         for calls in kinds.values():
             if len(calls) < 10:
@@ -217,7 +214,7 @@ def host_speed(steps: list[MeasuredStep], costs: FixedCosts, min_calls: int = 50
     for st in steps:
         if st.launched is None or st.prev_tokens > costs.graph_max_tokens:
             continue
-        model = (costs.cpu_prepare(st.n_decode + len(st.prefill))
+        model = (costs.cpu_prepare(st.seqs)
                  + costs.launch_time(st.tokens, bool(st.prefill)))
         if model > 0:
             ratios.append((st.launched - st.call_start) / model)

@@ -53,6 +53,10 @@ class MeasuredStep:
     def tokens(self) -> int:
         return self.n_decode + sum(n for n, _ in self.prefill)
 
+    @property
+    def seqs(self) -> int:
+        return self.n_decode + len(self.prefill)
+
 
 def read_records(run_dir: Path) -> list[dict]:
     """The run's raw per-call records (``steps.jsonl``), every call included."""

@@ -181,8 +181,8 @@ class Replica:
         if self.jitter is not None:
             f = self.jitter.next()
             cost = cost._replace(cpu_s=cost.cpu_s * f, launch_s=cost.launch_s * f)
-        pl = place(now, call, cost, out, p is not None, self.async_sched,
-                   p.wait_s if p is not None else 0.0)
+        pl = place(now, call, cost, out, in_flight=p is not None, async_sched=self.async_sched,
+                   wait_s=p.wait_s if p is not None else 0.0)
         if self.async_sched:
             if p is not None:
                 self._emit(pl.prev_emit)

@@ -103,8 +103,9 @@ def explain_table(dep, rows: list[OpCost], n_dec: int, ctx: int, chunks) -> Tabl
             "launched" if rf.async_sched else "sits between steps (no async scheduling)")
     t.caption = (f"{graphs}. The engine thread (prepare {o.cpu_step_s * 1e3:.2f} ms + "
                  f"{o.cpu_seq_s * 1e6:.0f} us/seq, harvest {o.output_s * 1e3:.2f} ms + "
-                 f"{o.output_seq_s * 1e6:.0f} us/seq, {o.drain_s * 1e3:.2f} ms more for the last "
-                 f"batch before idling) {mode}. Every request also waits "
+                 f"{o.output_seq_s * 1e6:.0f} us/seq; {o.prefill_harvest_s * 1e3:.2f} ms more for "
+                 f"a prefill batch it waited for, {o.drain_s * 1e3:.2f} ms for the last batch "
+                 f"before idling) {mode}. Every request also waits "
                  f"{o.request_latency_s * 1e3:.1f} ms outside the engine loop.")
     t.caption_justify = "left"
     return t

@@ -215,8 +215,7 @@ def select_profile(gpu_name: str, explicit: str | None,
 ENGINE_THREAD_KEYS = ("cpu_step_s", "cpu_seq_s", "sample_launch_s", "piecewise_layer_s",
                       "eager_layer_s", "eager_moe_layer_s", "piecewise_fp8_layer_s",
                       "eager_fp8_layer_s", "output_s", "output_seq_s", "drain_s",
-                      "prefill_harvest_s",
-                      "draft_layer_pass_s")
+                      "prefill_harvest_s", "draft_layer_pass_s")
 
 
 def with_host_speed(cal: CalibrationProfile, factor: float) -> CalibrationProfile:
