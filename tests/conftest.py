@@ -62,3 +62,21 @@ def poisson_rows(n: int, rate: float, inp: int = 512, out: int = 64, seed: int =
                      "output_tokens": rng.randint(max(out // 2, 1), out * 2),
                      "request_id": f"r{i}"})
     return rows
+
+
+# A step record as profiled before the engine thread's timeline (2026-11-24): device time and
+# the engine call's start and end only.
+UNTIMED_KEYS = ("n_decode", "decode_ctx", "prefill", "spec_tokens", "gpu_s", "start_s", "end_s")
+
+
+def untimed(run: Path, dest: Path) -> Path:
+    """A copy of the measured run folder ``run`` under ``dest`` whose steps carry no timeline,
+    as runs recorded before 2026-12-02 (and ``vllm bench`` imports) do."""
+    out = dest / run.parent.name / run.name
+    out.mkdir(parents=True)
+    for name in ("meta.json", "requests.jsonl"):
+        (out / name).write_bytes((run / name).read_bytes())
+    steps = [json.loads(x) for x in (run / "steps.jsonl").read_text().splitlines() if x.strip()]
+    (out / "steps.jsonl").write_text("".join(
+        json.dumps({k: s[k] for k in UNTIMED_KEYS if k in s}) + "\n" for s in steps))
+    return out

@@ -13,7 +13,7 @@ from simulator.cost.calibration import load_profile, select_profile
 from simulator.measured_costs import alone_requests, front_end_latency
 from simulator.paths import profiles_dir
 from simulator.validate import find_runs
-from tests.conftest import ROOT
+from tests.conftest import ROOT, untimed
 
 H200 = profiles_dir() / "calibration" / "measurements" / "h200" / "vllm-0.25.1"
 H100 = profiles_dir() / "calibration" / "measurements" / "h100-sxm" / "vllm-0.25.1"
@@ -127,14 +127,16 @@ def test_fit_fp8_decay_moves_fp8_gemms_growth_only_when_asked():
 
 
 def test_carried_engine_thread_costs_are_recorded_with_the_values_they_came_from(tmp_path):
-    """Runs without the engine thread's timeline (the H100's) carry its costs from a profile
-    that measured them, times one fitted host speed; the written profile records the values it
-    carried, so each of its engine-thread numbers traces to source x host_speed."""
+    """Runs without the engine thread's timeline (an H100 run with it stripped, as the H100's
+    were until 2026-12-07) carry its costs from a profile that measured them, times one fitted
+    host speed; the written profile records the values it carried, so each of its
+    engine-thread numbers traces to source x host_speed."""
     from simulator.calibrate import fit, write_profile
 
     src = load_profile(profiles_dir() / "calibration" / "h200" / "vllm-0.25.1.toml")
     base = load_profile(profiles_dir() / "calibration" / "defaults.toml")
-    result = fit([H100 / "llama8b-bf16" / "az-r8"], base, per_run=150, engine_thread_from=src)
+    run = untimed(H100 / "llama8b-bf16" / "az-r8", tmp_path)
+    result = fit([run], base, per_run=150, engine_thread_from=src)
     carried = result["carried"]
     assert carried["from"] == src.name and 0.3 <= carried["host_speed"] <= 3.0
     assert carried["values"] == {k: getattr(src.overhead, k) for k in carried["values"]}
@@ -154,31 +156,49 @@ def test_carried_engine_thread_costs_are_recorded_with_the_values_they_came_from
                                               if x.startswith("launch_jitter"))
 
 
-def test_committed_profiles_agree_with_the_profiles_they_carry_engine_thread_costs_from():
-    """A profile fitted with --engine-thread-from depends on that profile's measured values:
-    refitting the source (new hosts' timelines move them) without refitting the dependent
-    would leave the dependent's recorded command no longer reproducing it. So the values it
-    recorded must still be the source's, and its own must be them x its host speed."""
-    root = profiles_dir() / "calibration"
-    profiles = {load_profile(p).name: p for p in root.glob("*/*.toml")}
-    dependents = 0
-    for path in profiles.values():
+def stale_carried(paths: list) -> list[str]:
+    """Where a profile fitted with --engine-thread-from no longer agrees with its source: the
+    values it recorded must still be the source's, its own those x its host speed, and its
+    launch spread the source's (a ratio, carried as it is). Profiles that carry nothing pass."""
+    profiles = {load_profile(p).name: p for p in paths}
+    problems = []
+    for path in paths:
         prov = tomllib.loads(path.read_text()).get("provenance", {})
         if "engine_thread_from" not in prov:
             continue
-        dependents += 1
         src = load_profile(profiles[prov["engine_thread_from"]]).overhead
         own = load_profile(path).overhead
-        recorded = prov["engine_thread_source"]
-        assert recorded, path
-        for k, v in recorded.items():
-            assert getattr(src, k) == pytest.approx(v, rel=1e-5), (
-                f"{path}: {k} was carried as {v}, its source now holds {getattr(src, k)}: "
-                "refit this profile with its recorded command")
-            assert getattr(own, k) == pytest.approx(v * prov["host_speed"], rel=1e-5), (path, k)
-        # The launch spread is carried as it is: a ratio, not a time.
-        assert own.launch_jitter == pytest.approx(src.launch_jitter, rel=1e-5), path
-    assert dependents >= 1  # the H100's
+        for k, v in (prov.get("engine_thread_source") or {"(none recorded)": None}).items():
+            if v is None or getattr(src, k) != pytest.approx(v, rel=1e-5):
+                problems.append(f"{path}: {k} was carried as {v}, its source now holds "
+                                f"{getattr(src, k, None)}: refit it with its recorded command")
+            elif getattr(own, k) != pytest.approx(v * prov["host_speed"], rel=1e-5):
+                problems.append(f"{path}: {k} is not the carried value x host_speed")
+        if own.launch_jitter != pytest.approx(src.launch_jitter, rel=1e-5):
+            problems.append(f"{path}: launch_jitter differs from its source's")
+    return problems
+
+
+def test_committed_profiles_agree_with_the_profiles_they_carry_engine_thread_costs_from(tmp_path):
+    """A profile fitted with --engine-thread-from depends on that profile's measured values:
+    refitting the source (new hosts' timelines move them) without refitting the dependent
+    would leave the dependent's recorded command no longer reproducing it. The committed
+    profiles pass (since 2026-12-07 both measure their own engine thread); a dependent written
+    from the H200's, then a source refitted under it, is caught."""
+    from simulator.calibrate import fit, write_profile
+
+    committed = sorted((profiles_dir() / "calibration").glob("*/*.toml"))
+    assert stale_carried(committed) == []
+    h200 = profiles_dir() / "calibration" / "h200" / "vllm-0.25.1.toml"
+    src = tmp_path / "h200.toml"
+    src.write_bytes(h200.read_bytes())
+    base = load_profile(profiles_dir() / "calibration" / "defaults.toml")
+    run = untimed(H100 / "llama8b-bf16" / "az-r8", tmp_path / "runs")
+    result = fit([run], base, per_run=150, engine_thread_from=load_profile(src))
+    dep = write_profile(result, tmp_path / "h100.toml", "simulate calibrate ...", 0.6)
+    assert stale_carried([src, dep]) == []
+    src.write_text(src.read_text().replace("\ncpu_step_s = ", "\ncpu_step_s = 1", 1))
+    assert [x for x in stale_carried([src, dep]) if "cpu_step_s was carried" in x]
 
 
 def test_fit_carried_fits_a_carried_cost_on_the_runs_instead(tmp_path):
@@ -191,7 +211,8 @@ def test_fit_carried_fits_a_carried_cost_on_the_runs_instead(tmp_path):
 
     src = load_profile(profiles_dir() / "calibration" / "h200" / "vllm-0.25.1.toml")
     base = load_profile(profiles_dir() / "calibration" / "defaults.toml")
-    runs = [H100 / "qwen3-30b-a3b-bf16" / "az-r2", H100 / "llama8b-bf16" / "az-r8"]
+    runs = [untimed(H100 / "qwen3-30b-a3b-bf16" / "az-r2", tmp_path),
+            untimed(H100 / "llama8b-bf16" / "az-r8", tmp_path)]
     carried = fit(runs, base, per_run=150, engine_thread_from=src)
     speed = carried["carried"]["host_speed"]
     assert carried["params"]["eager_moe_layer_s"] == pytest.approx(
@@ -203,7 +224,7 @@ def test_fit_carried_fits_a_carried_cost_on_the_runs_instead(tmp_path):
     moe = own["params"]["eager_moe_layer_s"]
     assert 0 < moe < 0.8 * src.overhead.eager_moe_layer_s * own["carried"]["host_speed"]
     with pytest.raises(InputError, match="not a carried engine-thread cost"):
-        fit([H100 / "llama8b-bf16" / "az-r8"], base, per_run=150, engine_thread_from=src,
+        fit(runs[1:], base, per_run=150, engine_thread_from=src,
             fit_carried=["eager_moe_layer_s"])  # no MoE run: nothing to fit it on
     with pytest.raises(InputError, match="only costs carried"):
         fit(runs, base, per_run=150, fit_carried=["eager_moe_layer_s"])

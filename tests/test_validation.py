@@ -121,7 +121,7 @@ def test_own_engine_thread_accounts_for_the_hosts_fp8_spread_at_20_req_s():
     host's TTFT p50 is 15-30% short (-19.5% with the tenth session's profile) and the first
     host's within 5%; each with the costs measured from
     its own timeline (`simulate validate --own-engine-thread`, a diagnostic) is within 10%. A run
-    without a timeline (the H100's) keeps the profile's and says so."""
+    without a timeline (the H100's of 2026-11-24, FP8 KV cache) keeps the profile's and says so."""
     for host, pooled_lo, pooled_hi in (("llama8b-fp8-host4", -0.30, -0.15),
                                        ("llama8b-fp8", -0.05, 0.05)):
         pooled = validate_run(H200 / host / "az-r20")["error"]["ttft_s.p50"]
@@ -130,6 +130,6 @@ def test_own_engine_thread_accounts_for_the_hosts_fp8_spread_at_20_req_s():
         assert pooled_lo < pooled < pooled_hi
         assert abs(own["error"]["ttft_s.p50"]) < 0.10
     assert own["error"]["ttft_s.p50"] != pytest.approx(pooled, abs=0.01)
-    h100 = validate_run(H100 / "llama8b-bf16" / "az-r8", own_engine_thread=True)
+    h100 = validate_run(H100 / "llama8b-bf16-kvfp8" / "az-r8", own_engine_thread=True)
     assert h100["own_engine_thread"] is False
-    assert h100["error"] == validate_run(H100 / "llama8b-bf16" / "az-r8")["error"]
+    assert h100["error"] == validate_run(H100 / "llama8b-bf16-kvfp8" / "az-r8")["error"]
