@@ -90,12 +90,13 @@ def read_steps(run_dir: Path, records: list[dict] | None = None) -> list[Measure
                 start = max(gpu_end, t0 + RECORD_AFTER_S)
                 end = start + g
             gpu_end = end
+            # A previous call with a device time is the last step placed: its batch is in flight.
             in_flight = prev is not None and prev.get("gpu_s") is not None
-            prev_seqs = (prev["n_decode"] + len(prev["prefill"])) if in_flight else 0
-            prev_tokens = (prev["n_decode"] + sum(c for c, _ in prev["prefill"])) if in_flight else 0
+            prev_seqs = out[-1].seqs if in_flight else 0
+            prev_tokens = out[-1].tokens if in_flight else 0
             out.append(MeasuredStep(n, ctx, pre, float(g), t0, t1, free, start, in_flight,
                                     prev_seqs, s.get("launched_s"), prev_tokens, None,
-                                    in_flight and bool(prev["prefill"])))
+                                    in_flight and bool(out[-1].prefill)))
         elif out and prev is not None and prev.get("gpu_s") is not None:
             out[-1].drained = t1  # this call scheduled nothing and harvested the last batch
         prev = s

@@ -168,10 +168,13 @@ def stale_carried(paths: list) -> list[str]:
             continue
         src = load_profile(profiles[prov["engine_thread_from"]]).overhead
         own = load_profile(path).overhead
-        for k, v in (prov.get("engine_thread_source") or {"(none recorded)": None}).items():
-            if v is None or getattr(src, k) != pytest.approx(v, rel=1e-5):
+        recorded = prov.get("engine_thread_source")
+        if not recorded:
+            problems.append(f"{path}: no engine_thread_source recorded")
+        for k, v in (recorded or {}).items():
+            if getattr(src, k) != pytest.approx(v, rel=1e-5):
                 problems.append(f"{path}: {k} was carried as {v}, its source now holds "
-                                f"{getattr(src, k, None)}: refit it with its recorded command")
+                                f"{getattr(src, k)}: refit it with its recorded command")
             elif getattr(own, k) != pytest.approx(v * prov["host_speed"], rel=1e-5):
                 problems.append(f"{path}: {k} is not the carried value x host_speed")
         if own.launch_jitter != pytest.approx(src.launch_jitter, rel=1e-5):
