@@ -215,7 +215,7 @@ def host_speed(steps: list[MeasuredStep], costs: FixedCosts, min_calls: int = 50
         if st.launched is None or st.prev_tokens > costs.graph_max_tokens:
             continue
         model = (costs.cpu_prepare(st.seqs)
-                 + costs.launch_time(st.tokens, bool(st.prefill)))
+                 + costs.launch_time(st.tokens, bool(st.prefill), st.n_decode > 0))
         if model > 0:
             ratios.append((st.launched - st.call_start) / model)
     return statistics.median(ratios) if len(ratios) >= min_calls else None

@@ -53,13 +53,19 @@ def alone_requests(run_dir: Path, records: list[dict] | None = None) -> list[dic
 
 
 def draft_pass_time(run_dirs: list[Path], cal: CalibrationProfile) -> tuple[float, int] | None:
-    """Per draft layer per draft pass (vLLM launches a draft model's k passes layer by layer,
-    launch-bound at small batch): on the decode-only steps of draft-model speculative runs,
-    (device time - the wait for the first kernel - the rest of the step's GPU work) / (k x draft
-    layers); the median of the runs' medians, and the steps used. None without such runs."""
+    """Per draft layer per draft pass: the engine thread launches a draft's k passes layer by
+    layer (piecewise graphs) while the GPU runs the target's (FixedCosts.draft_launch). On the
+    decode-only steps of draft speculative runs, (the call's time to its last launch - its
+    preparation - the target's own launches) / (k x draft layers), from the engine thread's
+    timeline; a run without one gives (device time - the launches before the first kernel and
+    the target's) / (k x draft layers), the same where the step is launch-bound (2% apart on
+    the H100's timeline runs). The median of the runs' medians, and the steps used; runs with a
+    timeline only, where any has one (as the engine thread's own costs: a run's host sets its
+    speed). None without such runs."""
     import statistics
 
-    medians, n = [], 0
+    timed: list[tuple[float, int]] = []
+    untimed: list[tuple[float, int]] = []
     for d in run_dirs:
         cfg, _, _, _ = load_run(d)
         rf = with_calibration(resolve(cfg.model_copy(update={"calibration": "none"})), cal).roofline
@@ -67,14 +73,22 @@ def draft_pass_time(run_dirs: list[Path], cal: CalibrationProfile) -> tuple[floa
         if sp is None or sp.draft is None:
             continue
         per = sp.k * sp.draft.layers
-        vals = [(st.gpu_s - rf.first_kernel(st.n_decode)
-                 - (rf.step(st.n_decode, st.decode_ctx, [], st.n_decode).time_s
-                    - per * cal.overhead.draft_layer_pass_s)) / per
-                for st in read_steps(d)[5:] if st.n_decode and not st.prefill]
+        steps = [st for st in read_steps(d)[5:] if st.n_decode and not st.prefill]
+        own = [rf.launch_time(st.tokens, False) - rf.draft_launch() for st in steps]
+        if any(st.launched is not None for st in steps):
+            vals = [(st.launched - st.call_start - rf.cpu_prepare(st.seqs) - t) / per
+                    for st, t in zip(steps, own, strict=True) if st.launched is not None]
+            into = timed
+        else:
+            vals = [(st.gpu_s - rf.cpu_prepare(st.seqs) + rf.first_kernel(st.seqs) - t) / per
+                    for st, t in zip(steps, own, strict=True)]
+            into = untimed
         if vals:
-            medians.append(statistics.median(vals))
-            n += len(vals)
-    return (max(statistics.median(medians), 0.0), n) if medians else None
+            into.append((statistics.median(vals), len(vals)))
+    runs = timed or untimed
+    if not runs:
+        return None
+    return max(statistics.median(m for m, _ in runs), 0.0), sum(n for _, n in runs)
 
 
 def front_end_latency(samples: list[Sample], cal: CalibrationProfile) -> tuple[float | None, int]:

@@ -132,6 +132,41 @@ def test_without_async_scheduling_the_engine_thread_is_serial(cal):
     assert p.end == pytest.approx(run.step_time(0), rel=1e-9)
 
 
+def test_a_drafts_launches_are_a_floor_under_the_step_not_gpu_work(cal, tmp_path):
+    """vLLM 0.25 feeds a draft model the target's sampled tokens on the GPU, so the engine
+    thread launches the draft's k passes layer by layer while the GPU still runs the target:
+    ``draft_layer_pass_s`` per layer per pass is launch time (a floor the step cannot end
+    before), not GPU time added to it. A launch-bound step then lasts as long at 4 sequences as
+    at 32, as the H100's measured spec steps do (25.4 and 26.4 ms)."""
+    spec = {"method": "draft_model", "model": "llama-3.2-1b", "num_speculative_tokens": 2,
+            "acceptance_rate": 0.5}
+    slow = unit_cal_with(tmp_path / "draft.toml", cpu_step_s=PREP, cpu_seq_s=SEQ,
+                         eager_layer_s=EAGER, output_s=OUT, output_seq_s=OUT_SEQ,
+                         draft_layer_pass_s=0.002)
+    rf0 = resolve(_cfg(cal, speculative_config=spec)).roofline
+    rf = resolve(_cfg(slow, speculative_config=spec)).roofline
+    layers = rf.spec.draft.layers
+    assert layers == 16
+    for n in (4, 32):
+        a, b = rf0.step(n, n * 500.0, [], n), rf.step(n, n * 500.0, [], n)
+        assert b.time_s == pytest.approx(a.time_s, rel=1e-12)  # no GPU time added
+        assert b.launch_s - a.launch_s == pytest.approx(2 * layers * 0.002, rel=1e-9)
+    # A prefill-only step runs the draft once over its prompt.
+    a, b = rf0.step(0, 0.0, [(300, 0)], 1), rf.step(0, 0.0, [(300, 0)], 1)
+    assert b.launch_s - a.launch_s == pytest.approx(layers * 0.002, rel=1e-9)
+    # Sync (a draft turns async scheduling off): serial harvest and first-kernel wait, then the
+    # launches (64 ms) outlast the GPU's work, whatever the batch.
+    steps = {}
+    for n in (4, 32):
+        run = rf.decode_run(n, n * 500.0, n * rf.spec.tokens_per_step(None))
+        floor = PREP + n * SEQ - rf.first_kernel(n) + 2 * layers * 0.002
+        assert run.gpu_time(0) < floor
+        steps[n] = run.step_time(0)
+        assert steps[n] == pytest.approx(OUT + n * OUT_SEQ + rf.first_kernel(n) + floor,
+                                         rel=1e-9)
+    assert steps[32] - steps[4] == pytest.approx(28 * (SEQ + OUT_SEQ), rel=1e-9)
+
+
 def test_the_last_batch_before_an_idle_spell_is_harvested_late(cal, tmp_path):
     """The engine's last call launches nothing and waits for the batch in flight itself:
     harvesting it takes ``drain_s`` more (measured), which delays the tokens of that batch only.

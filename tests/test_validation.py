@@ -105,6 +105,38 @@ def test_held_out_runs_on_a_fourth_host_meet_the_targets(run):
     assert_meets_targets(validate_run(H200 / run)["error"])
 
 
+@pytest.mark.parametrize("run", ["llama8b-bf16-spec-d1b-k4-l3/az-r2",
+                                 "llama8b-bf16-spec-d1b-k4-l3/az-r8"])
+def test_held_out_speculative_runs_meet_the_targets(run):
+    """Llama-3.1-8B with a Llama-3.2-1B draft (k=4, mean acceptance length 3) on the H100 host
+    of 2026-12-07, held out of the fit: the draft's launches overlap the target's GPU work
+    (FixedCosts.draft_launch). Added to the GPU time instead, as before, TTFT p50 was +25% and
+    +36%, TPOT p50 +16% and +43%."""
+    assert_meets_targets(validate_run(H100 / run)["error"])
+
+
+def test_the_draft_pass_is_measured_from_the_runs_with_a_timeline():
+    """calibrate's --draft-runs: the runs that carry the engine thread's timeline set the
+    profile's value, the median of their medians (0.37 and 0.38 ms per draft layer per pass for
+    l3 on the third host, 0.49 for l1 on a slower fourth); the first host's l1 run, without a
+    timeline and on a host whose engine thread was ~1.7x slower (0.63 ms from its device times),
+    is left out, as it would pull the median to 0.43 ms."""
+    from simulator.cost.calibration import load_profile
+    from simulator.measured_costs import draft_pass_time
+
+    cal = load_profile(profiles_dir() / "calibration" / "h100-sxm" / "vllm-0.25.1.toml")
+    timed = [H100 / "llama8b-bf16-spec-d1b-k4-l3" / r for r in ("az-r2", "az-r8")] + [
+        H100 / "llama8b-bf16-spec-d1b-k4-l1-host4" / "az-r2"]
+    old = H100 / "llama8b-bf16-spec-d1b-k4-l1" / "az-r8"
+    each = [draft_pass_time([d], cal) for d in (*timed, old)]
+    assert 0.00036 < each[0][0] < each[1][0] < 0.00039 < 0.00045 < each[2][0] < 0.00053
+    assert 0.0006 < each[3][0] < 0.00066
+    pooled, n = draft_pass_time([*timed, old], cal)
+    assert pooled == each[1][0] and n == sum(e[1] for e in each[:3])
+    assert draft_pass_time([old], cal) == each[3]  # untimed runs count where none has one
+    assert cal.overhead.draft_layer_pass_s == pytest.approx(pooled, rel=1e-5)
+
+
 @pytest.mark.parametrize("run", ["llama8b-bf16-host5/az-r2", "llama8b-bf16-host5/az-r8",
                                  "llama8b-bf16-host5/az-r20", "llama8b-bf16-host5/az-r40",
                                  "llama8b-fp8-host5/az-r2", "llama8b-fp8-host5-run2/az-r2",
@@ -121,7 +153,7 @@ def test_own_engine_thread_accounts_for_the_hosts_fp8_spread_at_20_req_s():
     host's TTFT p50 is 15-30% short (-19.5% with the tenth session's profile) and the first
     host's within 5%; each with the costs measured from
     its own timeline (`simulate validate --own-engine-thread`, a diagnostic) is within 10%. A run
-    without a timeline (the H100's of 2026-11-24, FP8 KV cache) keeps the profile's and says so."""
+    without a timeline (the H100's of 2026-11-24, Qwen2.5-32B FP8) keeps the profile's and says so."""
     for host, pooled_lo, pooled_hi in (("llama8b-fp8-host4", -0.30, -0.15),
                                        ("llama8b-fp8", -0.05, 0.05)):
         pooled = validate_run(H200 / host / "az-r20")["error"]["ttft_s.p50"]
@@ -130,6 +162,6 @@ def test_own_engine_thread_accounts_for_the_hosts_fp8_spread_at_20_req_s():
         assert pooled_lo < pooled < pooled_hi
         assert abs(own["error"]["ttft_s.p50"]) < 0.10
     assert own["error"]["ttft_s.p50"] != pytest.approx(pooled, abs=0.01)
-    h100 = validate_run(H100 / "llama8b-bf16-kvfp8" / "az-r8", own_engine_thread=True)
+    h100 = validate_run(H100 / "qwen2.5-32b-fp8" / "az-r8", own_engine_thread=True)
     assert h100["own_engine_thread"] is False
-    assert h100["error"] == validate_run(H100 / "llama8b-bf16-kvfp8" / "az-r8")["error"]
+    assert h100["error"] == validate_run(H100 / "qwen2.5-32b-fp8" / "az-r8")["error"]

@@ -169,7 +169,7 @@ class Roofline(FixedCosts):
         self.gemm_excess: dict[int, float] = {}
         self._k_cache: dict[int, tuple] = {}
         self._layer_cache: dict[int, tuple[float, float, float]] = {}
-        self._step_cache: dict[tuple[int, int, int, bool], tuple] = {}
+        self._step_cache: dict[tuple[int, int, int, bool, bool], tuple] = {}
 
     # --- weights -----------------------------------------------------------------------------
     def weight_bytes_per_gpu(self) -> float:
@@ -282,7 +282,7 @@ class Roofline(FixedCosts):
             skip_decode_attention=skip_decode_attention) + self.draft_ops(
             n_decode, decode_ctx, prefills)
         return gpu + self.cpu_ops(n_decode + len(prefills), tokens, bool(prefills),
-                                  self._sum(gpu)[0])
+                                  self._sum(gpu)[0], decoding=n_decode > 0)
 
     def draft_ops(self, n_decode: int, decode_ctx: float,
                   prefills: list[tuple[int, int]]) -> list[tuple]:
@@ -295,11 +295,9 @@ class Roofline(FixedCosts):
             from simulator.cost.speculative import NGRAM_CPU_S
 
             return [("draft:ngram(cpu)", 1, 0.0, 0.0, 0.0, INF, INF, INF, NGRAM_CPU_S * n_decode)]
+        # k passes when sequences decode; a prefill-only step runs the draft over its chunks
+        # once. Their launches are the engine thread's (FixedCosts.draft_launch), not GPU work.
         d, out = sp.draft, []
-        # k passes when sequences decode; a prefill-only step runs the draft over its chunks once.
-        passes = sp.k if n_decode else 1
-        out.append(("draft:passes(launch)", 1, 0.0, 0.0, 0.0, INF, INF, INF,
-                    passes * d.layers * self.overhead.draft_layer_pass_s))
         if n_decode:
             per_pass = d.layer_ops(n_decode) + d.step_ops(n_decode, decode_ctx, [], n_decode)
             out += [(f"draft:{o[0]}", o[1] * sp.k, *o[2:]) for o in per_pass]
@@ -341,7 +339,7 @@ class Roofline(FixedCosts):
         tokens = n_decode * q + (prefills[0][0] if n_pre == 1 else sum(n for n, _ in prefills))
         n_logits += n_decode * (q - 1)
         n_seqs, pre = n_decode + n_pre, n_pre > 0
-        key = (tokens, n_logits, n_seqs, pre)
+        key = (tokens, n_logits, n_seqs, pre, n_decode > 0)
         fixed = self._step_cache.get(key)
         if fixed is None:
             if len(self._step_cache) >= STEP_CACHE_MAX:
@@ -354,7 +352,7 @@ class Roofline(FixedCosts):
             fixed = self._step_cache[key] = (
                 lay[0] + head[0] + self.gpu_fixed(n_seqs, tokens, pre), lay[1] + head[1],
                 lay[2] + head[2], first,
-                self.cpu_prepare(n_seqs) - first + self.launch_time(tokens, pre))
+                self.cpu_prepare(n_seqs) - first + self.launch_time(tokens, pre, n_decode > 0))
         t, f, b = self._sum(self.attention_ops(n_decode, decode_ctx, prefills))
         if self.spec is not None:
             dt, df, db = self._sum(self.draft_ops(n_decode, decode_ctx, prefills))

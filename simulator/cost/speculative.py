@@ -10,6 +10,11 @@ context. The draft costs, per step:
 - ``draft_model``: k decode passes of the draft model (its own roofline on the same GPU, TP and
   precision), its prefill of every prompt chunk, its weights and KV cache.
 
+The engine thread launches a head's or draft model's passes layer by layer while the GPU still
+runs the target's work (vLLM feeds them the sampled tokens on the GPU), so those launches
+(``draft_layer_pass_s`` per layer per pass) are a floor under the step, not GPU time added to it
+(:meth:`simulator.cost.fixed.FixedCosts.draft_launch`).
+
 A sequence then gains the mean accepted length E tokens per step (bonus token included):
 E = 1 + sum_i prod_{j<=i} a_j for per-position conditional rates a_j, (1 - a^(k+1)) / (1 - a)
 for one rate a, or vLLM's synthetic_acceptance_length directly. The simulator advances E tokens

@@ -13,7 +13,9 @@
 #         timeline and big-bf16 then ran again on a second H200 host, committed as
 #         llama8b-bf16-repeat and qwen2.5-32b-bf16-repeat, see the measurements README)
 #         (on the H100, timeline, timeline-small, fp8-one-engine and timeline-moe ran on 2026-12-07,
-#         a second H100 host, and replace its earlier runs of those four configurations)
+#         a second H100 host, and replace its earlier runs of those four configurations; awq,
+#         kv-fp8, prefix, prefix-off and spec-l3 ran later that day on a third, replacing theirs,
+#         and spec-l1's az-r2 on a fourth, committed as llama8b-bf16-spec-d1b-k4-l1-host4)
 #         configs-a configs-b (Llama-3.1-8B bf16, az-r8 and the sweep, one engine after
 #         another on one host: default; 64 seqs / 2048 tokens; 64 seqs alone; then 2048 tokens
 #         alone; 64 / 2048 again; default again: 2026-12-04, which flag the slower launches follow)
