@@ -74,17 +74,16 @@ def draft_pass_time(run_dirs: list[Path], cal: CalibrationProfile) -> tuple[floa
             continue
         per = sp.k * sp.draft.layers
         steps = [st for st in read_steps(d)[5:] if st.n_decode and not st.prefill]
-        own = [rf.launch_time(st.tokens, False) - rf.draft_launch() for st in steps]
-        if any(st.launched is not None for st in steps):
-            vals = [(st.launched - st.call_start - rf.cpu_prepare(st.seqs) - t) / per
-                    for st, t in zip(steps, own, strict=True) if st.launched is not None]
-            into = timed
-        else:
-            vals = [(st.gpu_s - rf.cpu_prepare(st.seqs) + rf.first_kernel(st.seqs) - t) / per
-                    for st, t in zip(steps, own, strict=True)]
-            into = untimed
+        has_timeline = any(st.launched is not None for st in steps)
+        # The call's time to its last launch: on the timeline, or the device time after the
+        # first kernel plus the wait for it.
+        vals = [((st.launched - st.call_start) if has_timeline
+                 else st.gpu_s + rf.first_kernel(st.seqs))
+                - rf.cpu_prepare(st.seqs) - rf.target_launch(st.tokens, False)
+                for st in steps if st.launched is not None or not has_timeline]
         if vals:
-            into.append((statistics.median(vals), len(vals)))
+            (timed if has_timeline else untimed).append((statistics.median(vals) / per,
+                                                        len(vals)))
     runs = timed or untimed
     if not runs:
         return None

@@ -47,17 +47,21 @@ class FixedCosts:
         return max(self.cpu_prepare(n_seqs) - self.overhead.sample_launch_s, 0.0)
 
     def launch_time(self, tokens: int, has_prefill: bool, decoding: bool = True) -> float:
-        """Engine thread launching the step's kernels beyond a graph replay: eager above the
-        capture size (every kernel of every layer), piecewise for prefill within it; FP8 W8A8
-        layers launch more kernels; and a draft model's passes (:meth:`draft_launch`)."""
+        """Engine thread launching the step's kernels beyond a graph replay: the target's
+        (:meth:`target_launch`) and a draft's passes (:meth:`draft_launch`)."""
+        return self.target_launch(tokens, has_prefill) + self.draft_launch(decoding)
+
+    def target_launch(self, tokens: int, has_prefill: bool) -> float:
+        """The target model's launches beyond a graph replay: eager above the capture size
+        (every kernel of every layer), piecewise for prefill within it; FP8 W8A8 layers launch
+        more kernels."""
         o, fp8 = self.overhead, self.fp8_step
-        draft = self.draft_launch(decoding)
         if tokens > self.graph_max_tokens:
             return (self.layers * (o.eager_layer_s + (o.eager_fp8_layer_s if fp8 else 0.0))
-                    + self.moe_layers * o.eager_moe_layer_s + draft)
+                    + self.moe_layers * o.eager_moe_layer_s)
         if not has_prefill:
-            return draft
-        return self.layers * (o.piecewise_layer_s + (o.piecewise_fp8_layer_s if fp8 else 0.0)) + draft
+            return 0.0
+        return self.layers * (o.piecewise_layer_s + (o.piecewise_fp8_layer_s if fp8 else 0.0))
 
     def draft_launch(self, decoding: bool = True) -> float:
         """Engine thread launching a draft's passes (draft model or EAGLE/MTP head): k when the

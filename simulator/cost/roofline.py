@@ -338,8 +338,8 @@ class Roofline(FixedCosts):
         n_pre = len(prefills)
         tokens = n_decode * q + (prefills[0][0] if n_pre == 1 else sum(n for n, _ in prefills))
         n_logits += n_decode * (q - 1)
-        n_seqs, pre = n_decode + n_pre, n_pre > 0
-        key = (tokens, n_logits, n_seqs, pre, n_decode > 0)
+        n_seqs, pre, decoding = n_decode + n_pre, n_pre > 0, n_decode > 0
+        key = (tokens, n_logits, n_seqs, pre, decoding)
         fixed = self._step_cache.get(key)
         if fixed is None:
             if len(self._step_cache) >= STEP_CACHE_MAX:
@@ -352,7 +352,7 @@ class Roofline(FixedCosts):
             fixed = self._step_cache[key] = (
                 lay[0] + head[0] + self.gpu_fixed(n_seqs, tokens, pre), lay[1] + head[1],
                 lay[2] + head[2], first,
-                self.cpu_prepare(n_seqs) - first + self.launch_time(tokens, pre, n_decode > 0))
+                self.cpu_prepare(n_seqs) - first + self.launch_time(tokens, pre, decoding))
         t, f, b = self._sum(self.attention_ops(n_decode, decode_ctx, prefills))
         if self.spec is not None:
             dt, df, db = self._sum(self.draft_ops(n_decode, decode_ctx, prefills))
