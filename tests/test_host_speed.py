@@ -125,7 +125,9 @@ def test_simulate_on_a_slower_host(tmp_path):
 
 def _toml(d: dict, prefix: str = "") -> list[str]:
     out = [f"[{prefix}]"] if prefix else []
-    out += [f"{k} = {json.dumps(v)}" for k, v in d.items() if not isinstance(v, dict)]
+    # TOML has no null: an unset optional field is left out, as the profiles leave it
+    out += [f"{k} = {json.dumps(v)}" for k, v in d.items()
+            if v is not None and not isinstance(v, dict)]
     for k, v in d.items():
         if isinstance(v, dict):
             out += _toml(v, k)

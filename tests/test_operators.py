@@ -56,3 +56,29 @@ def test_profile_command_rejects_unknown_modes_and_missing_extras_in_one_line():
         p = simulate("profile", "operators", "--model", "llama-3.1-8b", "--out", "x")
         assert p.returncode == 1 and p.stderr.count("\n") == 1
         assert "needs the [profile] extra (torch is not installed)" in p.stderr
+
+
+def test_vllm_kernel_ratios_compare_each_kernel_with_the_16_bit_one_on_the_same_shapes():
+    """Marlin streaming its (4x fewer) bytes in 0.5x the bf16 time reaches 0.5 of bf16's
+    bandwidth; at 4,096 tokens, 1.25x the time is 0.8 of its FLOP/s; an FP8 KV read of half the
+    bytes in 0.625x the time is 0.8 of the 16-bit cache's bandwidth; rows outside the ranges
+    (256 tokens, a KV read under 64 MiB) do not count."""
+    from simulator.profiler.vllm_kernels import ratios
+
+    def gemm(dtype, m, nbytes, t):
+        return {"op": "gemm", "name": "qkv_proj", "dtype": dtype, "m": m, "flops": 1e12,
+                "bytes": nbytes, "time_s": t}
+
+    def paged(dtype, ctx, nbytes, t):
+        return {"op": "attn_decode", "name": "paged", "dtype": dtype, "batch": 8,
+                "context": ctx, "flops": 1, "bytes": nbytes, "time_s": t}
+
+    rows = [gemm("bf16", 1, 4e7, 1e-3), gemm("w4a16", 1, 1e7, 0.5e-3),
+            gemm("bf16", 4096, 1e9, 1e-3), gemm("w4a16", 4096, 3e8, 1.25e-3),
+            gemm("bf16", 256, 1e9, 1e-3), gemm("w4a16", 256, 3e8, 9e-3),
+            paged("bf16", 8192, 2e8, 1e-3), paged("fp8", 8192, 1e8, 0.625e-3),
+            paged("bf16", 512, 2e7, 1e-3), paged("fp8", 512, 1e7, 5e-3)]
+    got = ratios(rows)
+    assert got == pytest.approx({"w4a16_stream": 0.5, "w4a16_compute": 0.8, "attn_fp8_kv": 0.8})
+    assert ratios(rows[:2]) == pytest.approx({"w4a16_stream": 0.5})
+

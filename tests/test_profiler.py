@@ -315,3 +315,17 @@ def test_server_stream_chunks_count_steps_and_say_when_steps_were_merged():
     for t in (0.1, 0.2, 0.3):
         take_chunk(bare, {"choices": [{"text": "", "finish_reason": None}]}, t)
     assert bare["generated"] == 3 and bare["decode_steps"] == 2 and not bare["multi_token_chunks"]
+
+
+@pytest.mark.skipif(PY is None, reason="no Python with vLLM (set PROFILER_PYTHON)")
+def test_operator_profiler_vllm_kernel_rows_need_a_gpu_in_one_line(tmp_path):
+    """--w4a16 / --paged-attn time vLLM's CUDA kernels: on the CPU a one-line error and no
+    table, before anything is timed."""
+    p = subprocess.run(
+        [PY, "-m", "simulator.profiler.operators", "--model", "llama-3.1-8b-awq", "--w4a16",
+         "--paged-attn", "--quick", "--device", "cpu", "--out", str(tmp_path / "t")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 2
+    assert p.stderr == "error: --w4a16 and --paged-attn time vLLM's CUDA kernels: they need a GPU\n"
+    assert not (tmp_path / "t").exists()

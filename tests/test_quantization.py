@@ -59,6 +59,28 @@ def test_w4a16_efficiencies_come_from_the_calibration(unit_cal, tmp_path):
     assert (h100.w4a16_compute, h100.w4a16_stream) == (1.0, 0.5)
 
 
+def test_fp8_kv_attention_efficiency_comes_from_the_calibration(unit_cal, tmp_path):
+    """An FP8 KV cache halves the decode attention's bytes; attn_fp8_kv scales the rate the
+    kernel reads them at, in decode steps and in the mixed steps' decodes, and nothing else
+    (the 16-bit cache, the prefill attention and the GEMMs keep theirs)."""
+    cal = tmp_path / "kv.toml"
+    cal.write_text(Path(unit_cal).read_text().replace("comm_bus = 1.0", "comm_bus = 1.0\n"
+                                                 "attn_fp8_kv = 0.8"))
+    plain = {kv: dep(unit_cal, kv_cache_dtype=kv) for kv in ("auto", "fp8")}
+    slow = {kv: dep(str(cal), kv_cache_dtype=kv) for kv in ("auto", "fp8")}
+    for name, shape in (("attention_decode", {"n_decode": 64, "ctx": 4096}),
+                        ("attention_decode", {"n_decode": 64, "ctx": 4096, "prefill": 512})):
+        a, b = op(plain["fp8"], name, **shape), op(slow["fp8"], name, **shape)
+        assert a.hbm_bytes == pytest.approx(op(plain["auto"], name, **shape).hbm_bytes / 2,
+                                            rel=0.01)
+        assert b.hbm_bytes == a.hbm_bytes and b.time_s == pytest.approx(a.time_s / 0.8)
+        assert op(slow["auto"], name, **shape).time_s == pytest.approx(
+            op(plain["auto"], name, **shape).time_s)
+    for name in ("attention_prefill", "mlp"):
+        assert op(slow["fp8"], name, n_decode=64, ctx=4096, prefill=512).time_s == \
+            pytest.approx(op(plain["fp8"], name, n_decode=64, ctx=4096, prefill=512).time_s)
+
+
 def test_lm_head_stays_16_bit_under_every_scheme(unit_cal, tmp_path):
     """vLLM keeps lm_head in 16 bits: its bytes, its streaming and its rate are the bf16 ones,
     whatever the layers' FP8 or W4A16 efficiencies are."""

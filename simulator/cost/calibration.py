@@ -53,6 +53,11 @@ class Efficiency(BaseModel):
     # in registers) and achieved bandwidth streaming the 4-bit weights.
     w4a16_compute: float | None = Field(default=None, gt=0, le=2)
     w4a16_stream: float | None = Field(default=None, gt=0, le=2)
+    # An FP8 KV cache (--kv-cache-dtype fp8): the decode attention kernel's achieved bandwidth
+    # reading it, relative to a 16-bit cache's (FlashAttention-3 runs FP8 queries against it,
+    # its tiles tuned for 16-bit). Measured from the operator tables' paged decode rows
+    # (simulator.profiler.vllm_kernels); None: the 16-bit efficiency.
+    attn_fp8_kv: float | None = Field(default=None, gt=0, le=2)
     # The power cap: a step holding prefill takes 1 + this x the GPU's recent compute load
     # (simulator.cost.power). Fitted on the measured timeline; None: no slowdown.
     power_slowdown: float | None = Field(default=None, ge=0, le=1)

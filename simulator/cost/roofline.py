@@ -109,6 +109,9 @@ class Roofline(FixedCosts):
         self.rm_attn_d = bw * e.attn_decode_memory
         # Decodes batched with prefill run in the same varlen attention kernel as the prompts.
         self.rm_attn_mix = bw * (e.attn_mixed_decode_memory or e.attn_decode_memory)
+        if prec.kv_bytes == 1 and e.attn_fp8_kv:  # the same kernels reading an FP8 cache
+            self.rm_attn_d *= e.attn_fp8_kv
+            self.rm_attn_mix *= e.attn_fp8_kv
         self.rm_elem = bw * e.elementwise_memory
         # Prefill steps slow with the GPU's recent compute load (simulator.cost.power). A fit
         # that finds none stops at its bound, 0, within rounding (the H100's: 3e-15); below 1e-9

@@ -1,6 +1,7 @@
 """Operator micro-profiler: time the operators of a model's engine step in isolation (torch).
 
     python -m simulator.profiler.operators --model llama-3.1-8b --out DIR [--tp 2] [--fp8] [--quick]
+        [--w4a16] [--paged-attn]
 
 One command runs the whole grid and writes ``DIR/operators.csv`` and ``DIR/meta.json``:
 
@@ -16,6 +17,11 @@ One command runs the whole grid and writes ``DIR/operators.csv`` and ``DIR/meta.
   attention``, GQA heads as the model has them);
 - ``attn_decode``: one query token per sequence over batch x context grids (contiguous KV, so
   an upper bound on what vLLM's paged kernels reach);
+- with ``--w4a16`` (needs vLLM): every linear but lm_head (which stays 16-bit) as vLLM's Marlin
+  AWQ W4A16 GEMM, fp16 activations (``gemm`` rows of dtype ``w4a16``, their bytes the 4-bit
+  weights and group scales the simulator counts); with ``--paged-attn`` (needs vLLM): decode
+  attention as vLLM runs it, FlashAttention over a paged cache, 16-bit and FP8 KV (``attn_decode``
+  rows named ``paged``), both from :mod:`simulator.profiler.vllm_kernels`;
 - ``copy``: a device-to-device copy of 1 GiB (256 MiB on the CPU): achieved memory bandwidth.
 
 Every row carries the operator's FLOPs and bytes (the same counts the simulator's roofline uses)
@@ -127,9 +133,11 @@ def _vllm_version() -> str:
 
 def run_grid(model, tp: int, device: str, fp8: bool, quick: bool, repeat: int, trials: int,
              progress: Callable[[str], None] = lambda s: None, fp8_ops: tuple | None = None,
-             tokens: list[int] | None = None) -> list[dict]:
+             tokens: list[int] | None = None, w4a16: bool = False,
+             paged: bool = False) -> list[dict]:
     """The grid's rows. ``fp8_ops``: :func:`vllm_fp8`'s pair, to time FP8 as vLLM runs it;
-    None: as ``torch._scaled_mm``."""
+    None: as ``torch._scaled_mm``. ``w4a16`` / ``paged``: add vLLM's Marlin GEMMs / paged
+    decode attention (:mod:`simulator.profiler.vllm_kernels`)."""
     import torch
     import torch.nn.functional as F
 
@@ -175,6 +183,8 @@ def run_grid(model, tp: int, device: str, fp8: bool, quick: bool, repeat: int, t
                 add("gemm", name, "fp8", 2 * m * n * k, n * k + m * k + m * n * ab, t,
                     m=m, n=n, k=k)
         del w
+        if w4a16 and name != "lm_head":
+            _marlin_rows(torch, add, timer, name, n, k, tokens, device)
 
     hq, hkv, hd = max(model.num_heads // tp, 1), max(model.num_kv_heads // tp, 1), model.head_dim
     for s in QUICK["prefill"] if quick else PREFILL:
@@ -198,6 +208,16 @@ def run_grid(model, tp: int, device: str, fp8: bool, quick: bool, repeat: int, t
             add("attn_decode", "decode", "bf16", b * hq * 4 * hd * c,
                 b * (2 * hkv * c + 2 * hq) * hd * ab, t, batch=b, context=c)
             del q, k, v
+            if paged:
+                from simulator.profiler.vllm_kernels import paged_decode
+
+                for kv8 in (False, True):
+                    progress(f"attn_decode paged b={b} ctx={c} kv={'fp8' if kv8 else 'bf16'}")
+                    t = timer(paged_decode(torch, b, c, hq, hkv, hd, kv8, device))
+                    add("attn_decode", "paged", "fp8" if kv8 else "bf16", b * hq * 4 * hd * c,
+                        b * (2 * hkv * c * (1 if kv8 else ab) + 2 * hq * ab) * hd, t,
+                        batch=b, context=c)
+                    torch.cuda.empty_cache()
     size = (256 if quick or not device.startswith("cuda") else 1024) << 20
     progress("copy")
     src = torch.empty(size, dtype=torch.uint8, device=device)
@@ -205,6 +225,24 @@ def run_grid(model, tp: int, device: str, fp8: bool, quick: bool, repeat: int, t
     t = timer(lambda: dst.copy_(src))
     add("copy", "device_to_device", "u8", 0, 2 * size, t)
     return rows
+
+
+def _marlin_rows(torch, add, timer, name: str, n: int, k: int, tokens: list[int],
+                 device: str) -> None:
+    """Marlin W4A16 rows for one linear; bytes as the simulator counts 4-bit weights."""
+    from simulator.cost.quantization import W4_BYTES
+    from simulator.profiler.vllm_kernels import marlin_w4a16
+
+    gemm = marlin_w4a16(torch, n, k, device)
+    for m in tokens:
+        x = torch.randn(m, k, device=device, dtype=torch.float16)
+        t = timer(lambda x=x: gemm(x))
+        add("gemm", name, "w4a16", 2 * m * n * k, n * k * W4_BYTES + (m * k + m * n) * 2, t,
+            m=m, n=n, k=k)
+
+
+# The tensor-core rate a row's math runs at, where its dtype names a storage format.
+MATH_DTYPE = {"w4a16": "fp16"}
 
 
 def annotate(rows: list[dict], gpu_name: str | None) -> str | None:
@@ -223,7 +261,8 @@ def annotate(rows: list[dict], gpu_name: str | None) -> str | None:
         r["tflops"] = r["flops"] / t / 1e12 if t else None
         r["gbs"] = r["bytes"] / t / 1e9 if t else None
         if spec is not None:
-            r["peak_tflops"] = spec.peak_flops(r["dtype"]) / 1e12 if r["flops"] else None
+            math = MATH_DTYPE.get(r["dtype"], r["dtype"])
+            r["peak_tflops"] = spec.peak_flops(math) / 1e12 if r["flops"] else None
             r["peak_gbs"] = spec.memory_bandwidth / 1e9
             r["compute_eff"] = r["tflops"] / r["peak_tflops"] if r["peak_tflops"] else None
             r["memory_eff"] = r["gbs"] / r["peak_gbs"]
@@ -239,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fp8-kernel", choices=("torch", "vllm"), default="torch",
                     help="FP8 GEMMs as torch._scaled_mm, or as vLLM's quantisation + CUTLASS "
                          "GEMM (needs vLLM)")
+    ap.add_argument("--w4a16", action="store_true",
+                    help="also time vLLM's Marlin W4A16 GEMMs (needs vLLM and a GPU)")
+    ap.add_argument("--paged-attn", action="store_true",
+                    help="also time vLLM's paged FlashAttention decode, 16-bit and FP8 KV "
+                         "(needs vLLM and a GPU)")
     ap.add_argument("--tokens", type=token_counts, default=None,
                     help="comma-separated GEMM token counts (default 1..8192, powers of 2)")
     ap.add_argument("--quick", action="store_true", help="a small grid (CI, CPU)")
@@ -263,7 +307,17 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --fp8 needs a GPU with FP8 tensor cores (compute capability 8.9+)",
               file=sys.stderr)
         return 2
+    if (a.w4a16 or a.paged_attn) and not cuda:
+        print("error: --w4a16 and --paged-attn time vLLM's CUDA kernels: they need a GPU",
+              file=sys.stderr)
+        return 2
     fp8_ops = None
+    if a.w4a16 or a.paged_attn:
+        try:
+            _vllm_version()
+        except ImportError:
+            print("error: --w4a16 and --paged-attn need vLLM installed", file=sys.stderr)
+            return 2
     if a.fp8 and a.fp8_kernel == "vllm":
         try:
             fp8_ops = vllm_fp8(torch)
@@ -273,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     rows = run_grid(model, a.tp, device, a.fp8, a.quick, a.repeat, a.trials,
                     progress=lambda s: print(s, file=sys.stderr, flush=True),
-                    fp8_ops=fp8_ops, tokens=a.tokens)
+                    fp8_ops=fp8_ops, tokens=a.tokens, w4a16=a.w4a16, paged=a.paged_attn)
     profile = annotate(rows, gpu_name)
     a.out.mkdir(parents=True, exist_ok=True)
     tmp = a.out / "operators.csv.tmp"
@@ -288,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             "date": time.strftime("%Y-%m-%d"), "seconds": round(time.time() - t0, 1),
             "repeat": a.repeat, "trials": a.trials, "quick": a.quick,
             **({"fp8_kernel": a.fp8_kernel} if a.fp8 else {}),
-            **({"vllm": _vllm_version()} if fp8_ops else {}),
+            **({"vllm": _vllm_version()} if fp8_ops or a.w4a16 or a.paged_attn else {}),
             "command": "python -m simulator.profiler.operators " + " ".join(
                 sys.argv[1:] if argv is None else argv)}
     (a.out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -36,7 +36,9 @@
 #         stretched 4x (long) and at its own rate, past saturation (long-sat); 2026-12-03)
 #         sweep, sweep-moe (isolated prompts of 16..8192 tokens: single prefill steps on both
 #         sides of the CUDA-graph capture size; Llama-3.1-8B bf16, fp8 and bf16 at
-#         max-num-seqs 64, then Qwen3-30B-A3B), ops (the torch operator micro-profiler)
+#         max-num-seqs 64, then Qwen3-30B-A3B), ops (the torch operator micro-profiler),
+#         ops-vllm (vLLM's own kernels in it: Marlin W4A16 GEMMs, paged decode attention with a
+#         16-bit and an FP8 KV cache)
 #         stalls-32b stalls-14b (diagnostic, not calibration: Qwen2.5-32B at 8 req/s and
 #         Qwen2.5-14B at 20 req/s with --diagnose, garbage collection and allocator events per
 #         launch, then again with --gc-freeze), stalls-32b-host stalls-14b-host (the same runs
@@ -136,6 +138,9 @@ for g in "$@"; do
       $O --model llama-3.1-8b --fp8 --out $DEST/ops/llama-3.1-8b
       $O --model qwen3-30b-a3b --out $DEST/ops/qwen3-30b-a3b
       $O --model qwen2.5-32b --fp8 --out $DEST/ops/qwen2.5-32b ;;
+    ops-vllm) O="python3 -m simulator.profiler.operators"
+      $O --model llama-3.1-8b-awq --w4a16 --out $DEST/ops/llama-3.1-8b-awq
+      $O --model llama-3.1-8b --paged-attn --out $DEST/ops/llama-3.1-8b-paged ;;
     *) echo "unknown group $g" >&2; exit 2 ;;
   esac 2>&1 | tee "$DEST/$g.log" | grep -v "^\(INFO\|WARNING\|DEBUG\)" | tail -20
   [ -n "$LOG" ] && kill "$LOG" 2>/dev/null || true
