@@ -44,6 +44,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from simulator.profiler.vllm_kernels import marlin_w4a16, paged_decode
+
 TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
 PREFILL = [128, 256, 512, 1024, 2048, 4096, 8192]
 DECODE_BATCH = [1, 8, 32, 128, 256]
@@ -187,6 +189,12 @@ def run_grid(model, tp: int, device: str, fp8: bool, quick: bool, repeat: int, t
             _marlin_rows(torch, add, timer, name, n, k, tokens, device)
 
     hq, hkv, hd = max(model.num_heads // tp, 1), max(model.num_kv_heads // tp, 1), model.head_dim
+
+    def decode_counts(b: int, c: int, kv_bytes: int) -> tuple[int, int]:
+        """FLOPs and bytes of one query token per sequence over ``c`` cached tokens: K and V
+        at ``kv_bytes`` per element, the query and output at 16 bits."""
+        return b * hq * 4 * hd * c, b * (2 * hkv * c * kv_bytes + 2 * hq * ab) * hd
+
     for s in QUICK["prefill"] if quick else PREFILL:
         progress(f"attn_prefill s={s}")
         q = torch.randn(1, hq, s, hd, device=device, dtype=dt)
@@ -205,18 +213,14 @@ def run_grid(model, tp: int, device: str, fp8: bool, quick: bool, repeat: int, t
             k, v = (torch.randn(b, hkv, c, hd, device=device, dtype=dt) for _ in range(2))
             t = timer(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v,
                                                                            enable_gqa=True))
-            add("attn_decode", "decode", "bf16", b * hq * 4 * hd * c,
-                b * (2 * hkv * c + 2 * hq) * hd * ab, t, batch=b, context=c)
+            add("attn_decode", "decode", "bf16", *decode_counts(b, c, ab), t, batch=b, context=c)
             del q, k, v
             if paged:
-                from simulator.profiler.vllm_kernels import paged_decode
-
                 for kv8 in (False, True):
                     progress(f"attn_decode paged b={b} ctx={c} kv={'fp8' if kv8 else 'bf16'}")
                     t = timer(paged_decode(torch, b, c, hq, hkv, hd, kv8, device))
-                    add("attn_decode", "paged", "fp8" if kv8 else "bf16", b * hq * 4 * hd * c,
-                        b * (2 * hkv * c * (1 if kv8 else ab) + 2 * hq * ab) * hd, t,
-                        batch=b, context=c)
+                    add("attn_decode", "paged", "fp8" if kv8 else "bf16",
+                        *decode_counts(b, c, 1 if kv8 else ab), t, batch=b, context=c)
                     torch.cuda.empty_cache()
     size = (256 if quick or not device.startswith("cuda") else 1024) << 20
     progress("copy")
@@ -231,7 +235,6 @@ def _marlin_rows(torch, add, timer, name: str, n: int, k: int, tokens: list[int]
                  device: str) -> None:
     """Marlin W4A16 rows for one linear; bytes as the simulator counts 4-bit weights."""
     from simulator.cost.quantization import W4_BYTES
-    from simulator.profiler.vllm_kernels import marlin_w4a16
 
     gemm = marlin_w4a16(torch, n, k, device)
     for m in tokens:
@@ -307,20 +310,21 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --fp8 needs a GPU with FP8 tensor cores (compute capability 8.9+)",
               file=sys.stderr)
         return 2
-    if (a.w4a16 or a.paged_attn) and not cuda:
+    vllm_rows = a.w4a16 or a.paged_attn
+    if vllm_rows and not cuda:
         print("error: --w4a16 and --paged-attn time vLLM's CUDA kernels: they need a GPU",
               file=sys.stderr)
         return 2
-    fp8_ops = None
-    if a.w4a16 or a.paged_attn:
+    fp8_ops = vllm_version = None
+    if vllm_rows:
         try:
-            _vllm_version()
+            vllm_version = _vllm_version()
         except ImportError:
             print("error: --w4a16 and --paged-attn need vLLM installed", file=sys.stderr)
             return 2
     if a.fp8 and a.fp8_kernel == "vllm":
         try:
-            fp8_ops = vllm_fp8(torch)
+            fp8_ops, vllm_version = vllm_fp8(torch), _vllm_version()
         except ImportError:
             print("error: --fp8-kernel vllm needs vLLM installed", file=sys.stderr)
             return 2
@@ -342,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             "date": time.strftime("%Y-%m-%d"), "seconds": round(time.time() - t0, 1),
             "repeat": a.repeat, "trials": a.trials, "quick": a.quick,
             **({"fp8_kernel": a.fp8_kernel} if a.fp8 else {}),
-            **({"vllm": _vllm_version()} if fp8_ops or a.w4a16 or a.paged_attn else {}),
+            **({"vllm": vllm_version} if vllm_version else {}),
             "command": "python -m simulator.profiler.operators " + " ".join(
                 sys.argv[1:] if argv is None else argv)}
     (a.out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -107,7 +107,6 @@ def ratios(rows: list[dict]) -> dict[str, float]:
             by[("gemm", r["name"], int(r["m"]))][r["dtype"]] = r
         elif r["op"] == "attn_decode" and r["name"] == "paged":
             by[("paged", int(r["batch"]), int(r["context"]))][r["dtype"]] = r
-    out: dict[str, float] = {}
     sums = defaultdict(lambda: [0.0, 0.0])
     for (kind, _, b), pair in by.items():
         if kind == "gemm" and {"bf16", "w4a16"} <= pair.keys():
@@ -127,9 +126,7 @@ def ratios(rows: list[dict]) -> dict[str, float]:
                 continue
             sums["attn_fp8_kv"][0] += float(f8["bytes"]) / float(f8["time_s"]) * float(bf["time_s"])
             sums["attn_fp8_kv"][1] += float(bf["bytes"])
-    for key, (num, den) in sums.items():
-        out[key] = num / den
-    return out
+    return {key: num / den for key, (num, den) in sums.items()}
 
 
 def main(argv: list[str]) -> int:
