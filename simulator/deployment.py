@@ -15,6 +15,7 @@ from simulator.config import SimulationConfig
 from simulator.cost import speculative
 from simulator.cost.calibration import (
     CalibrationProfile,
+    MemoryModel,
     error_band,
     measured_gpus,
     select_profile,
@@ -135,17 +136,20 @@ def _precision(cfg: SimulationConfig, model: ModelSpec, gpu: GPUSpec, prov: dict
     return precision(quant, e.sparsity, e.kv_cache_dtype, dtype, gpu, prov)
 
 
-def _activation_reserve(model: ModelSpec, tp: int, tokens: int, seqs: int, ab: float,
-                        moe_routed_bytes: float) -> float:
-    """Peak of vLLM's start-up profiling run (see profiles/calibration/defaults.toml, and
-    ``MemoryModel.moe_routed_bytes`` for MoE models)."""
-    widest = max(
-        [2 * model.intermediate / tp]
-        + [2 * g.moe.expert_intermediate * g.moe.top_k / tp for g in model.groups if g.moe]
-    )
+def _activation_reserve(model: ModelSpec, tp: int, tokens: int, prec: Precision,
+                        mem: MemoryModel, spec: bool) -> float:
+    """What vLLM 0.25.1's start-up profiling run peaks at above the weights, as its logs show
+    (profiles/calibration/defaults.toml [memory]): the hidden states and residual of
+    max-num-batched-tokens tokens, one 16-bit buffer the size of the LM head (vocab x hidden /
+    TP), the FP8 copy of the tokens' activations under W8A8, and for the runs vLLM serves with
+    its V1 model runner (MoE, speculative decoding) their measured extra. max-num-seqs does not
+    enter: 64 and 1024 left the same KV cache."""
+    reserve = tokens * 2 * model.hidden * prec.act_bytes + model.vocab * model.hidden / tp * 2
+    if prec.gemm_dtype == "fp8" and prec.weight_bytes == 1:
+        reserve += tokens * model.hidden
     top_k = max((g.moe.top_k for g in model.groups if g.moe), default=0)
-    return (tokens * (2 * model.hidden + widest) * ab + seqs * model.vocab * 8
-            + tokens * top_k * model.hidden * moe_routed_bytes)
+    reserve += tokens * top_k * model.hidden * mem.moe_routed_bytes
+    return reserve + (mem.spec_reserve_gib * GIB if spec else 0.0)
 
 
 def calibration_range_warnings(cal: CalibrationProfile, model: str, prec: Precision,
@@ -245,8 +249,7 @@ def resolve(cfg: SimulationConfig) -> Deployment:
         rf.graph_max_tokens = graphs(rf.q)
         rf.gemm_excess = _gemm_excess(gpu, model, tp, prec, prov)
         rf.async_sched = rf.spec is None or rf.spec.method not in SYNC_SPEC_METHODS
-        act = _activation_reserve(model, tp, tokens, seqs, prec.act_bytes,
-                                  cal.memory.moe_routed_bytes)
+        act = _activation_reserve(model, tp, tokens, prec, cal.memory, rf.spec is not None)
         # Each pipeline stage holds its share of the layers (the largest share: ceil).
         avail = (gpu.usable_memory_bytes * e.gpu_memory_utilization
                  - weights(rf) * stage_layers / model.num_layers

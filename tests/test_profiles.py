@@ -63,7 +63,7 @@ def test_mig_slice_is_a_fraction_of_its_parent():
 
 
 def test_mig_slices_deploy_as_independent_replicas():
-    d = resolve(SimulationConfig(gpu="a100-1g.10gbx7", model="qwen2.5-7b",
+    d = resolve(SimulationConfig(gpu="a100-1g.10gbx7", model="mistral-7b",
                                  engine={"quantization": "fp8", "max_model_len": 1024}))
     assert (d.tp, d.replicas) == (1, 7)
     assert "weight-only" in d.precision.label  # Ampere runs FP8 weights without FP8 math

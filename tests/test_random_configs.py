@@ -20,8 +20,8 @@ def _random_case(seed: int):
         reqs.append(Request(f"r{i}", t, rng.randint(1, 6000), rng.randint(1, 700)))
     seqs = rng.choice([1, 2, 8, 64, 256])
     gpu = rng.choice(["h100", "h100x2", "h100x3", "l40sx2"])
-    # On H100s, mostly a KV cache of ~0.3-1.5 GiB, so that preemption is common.
-    util = rng.choice([0.211, 0.215, 0.22, 0.9]) if gpu.startswith("h100") else 0.9
+    # On H100s, mostly a KV cache of ~1-2 GiB, so that preemption is common.
+    util = rng.choice([0.226, 0.23, 0.235, 0.9]) if gpu.startswith("h100") else 0.9
     engine = {
         "max_num_seqs": seqs,
         "max_num_batched_tokens": max(seqs, rng.choice([16, 512, 2048, 8192])),

@@ -131,14 +131,24 @@ class Overhead(BaseModel):
 
 
 class MemoryModel(BaseModel):
+    """What vLLM's start-up memory profiling sets aside beyond the weights and the dense
+    activation formula in deployment.py (``_activation_reserve``). Measured from the vLLM 0.25.1
+    logs of every committed run (measurements/*/logs: 'Model loading took', 'Available KV cache
+    memory'; profiles/calibration/defaults.toml [memory] says how)."""
+
     model_config = ConfigDict(extra="forbid")
+    # Outside torch's allocator (CUDA context, cuBLAS and NCCL state) plus what the weights
+    # formula misses: the residual of the dense 16-bit runs, per GPU.
     nontorch_gib: float = Field(ge=0)
-    # MoE models' start-up profiling run peaks higher than the dense formula in deployment.py
-    # (fused-MoE workspaces, routing buffers): bytes per (batched token x top-k x hidden unit).
-    # Measured: Qwen3-30B-A3B at 8192 batched tokens left 2.28 GiB (H100) and 2.40 GiB (H200)
-    # less KV cache than the dense formula gave (vLLM 0.25.1 logs, measurements/*/logs); 18.7 =
-    # their mean / (8192 x 8 x 2048). Other MoE shapes: scaled by this, an assumption.
-    moe_routed_bytes: float = Field(default=18.7, ge=0)
+    # MoE models (vLLM's V1 model runner; fused-MoE workspaces, routing buffers and its CUDA-graph
+    # memory estimate): bytes per (batched token x top-k x hidden unit). Qwen3-30B-A3B at 8192
+    # batched tokens: 2.65 GiB on both the H100 and the H200. Other MoE shapes: scaled by this,
+    # an assumption.
+    moe_routed_bytes: float = Field(default=21.2, ge=0)
+    # Speculative decoding (also the V1 runner: its sampler's dummy run, the drafter's, and its
+    # CUDA-graph memory estimate): one measured constant, Llama-3.1-8B with a Llama-3.2-1B draft,
+    # k=4, 1024 seqs, 8192 batched tokens on the H100 (3.13 GiB); other drafts and shapes assume it.
+    spec_reserve_gib: float = Field(default=3.13, ge=0)
 
 
 class CalibrationProfile(BaseModel):
