@@ -12,7 +12,8 @@ from simulator.validate import find_runs, load_run
 
 MEASURED = profiles_dir() / "calibration" / "measurements"
 # One run per configuration folder (a folder's runs share one engine and so one KV cache).
-CONFIGS = sorted({run.parent for run in find_runs([MEASURED])})
+RUN_OF = {run.parent: run for run in find_runs([MEASURED])}
+CONFIGS = sorted(RUN_OF)
 # Qwen2.5-32B FP8 (the first H100 host, 2026-11-24): vLLM reported 33.06 GiB of weights after
 # its online FP8 quantisation against the 31.96 GiB counted (Llama-3.1-8B FP8: 8.54 against
 # 8.46), so its cache is 1.1 GiB smaller than simulated; not modelled, one run of one model.
@@ -20,8 +21,7 @@ EXCEPTIONS = {"h100-sxm/qwen2.5-32b-fp8": (0.02, 0.04)}
 
 
 def _blocks(config) -> tuple[int, int]:
-    run = next(iter(find_runs([config])))
-    cfg, _, _, meta = load_run(run)
+    cfg, _, _, meta = load_run(RUN_OF[config])
     return resolve(cfg).num_kv_blocks, meta["num_gpu_blocks"]
 
 
