@@ -141,11 +141,12 @@ def _activation_reserve(model: ModelSpec, tp: int, tokens: int, prec: Precision,
     """What vLLM 0.25.1's start-up profiling run peaks at above the weights, as its logs show
     (profiles/calibration/defaults.toml [memory]): the hidden states and residual of
     max-num-batched-tokens tokens, one 16-bit buffer the size of the LM head (vocab x hidden /
-    TP), the FP8 copy of the tokens' activations under W8A8, and for the runs vLLM serves with
+    TP), the 8-bit copy of the tokens' activations under W8A8 (FP8 or INT8, dense or 2:4
+    sparse: the GEMM dtype decides, not the weights' bytes), and for the runs vLLM serves with
     its V1 model runner (MoE, speculative decoding) their measured extra. max-num-seqs does not
     enter: 64 and 1024 left the same KV cache."""
     reserve = tokens * 2 * model.hidden * prec.act_bytes + model.vocab * model.hidden / tp * 2
-    if prec.gemm_dtype == "fp8" and prec.weight_bytes == 1:
+    if prec.gemm_dtype in ("fp8", "int8"):
         reserve += tokens * model.hidden
     top_k = max((g.moe.top_k for g in model.groups if g.moe), default=0)
     reserve += tokens * top_k * model.hidden * mem.moe_routed_bytes

@@ -112,6 +112,19 @@ def test_two_four_sparsity_doubles_the_rate_and_halves_the_weights(unit_cal):
         dep(unit_cal, gpu="a100-80gb", quantization="int8", sparsity="2:4")
 
 
+def test_w8a8_reserves_8_bit_activations_whatever_the_weights(unit_cal):
+    """vLLM quantises W8A8's activations to 8 bits at every token of the profiling run: FP8 and
+    INT8, dense and 2:4 sparse alike (hidden bytes per token); 16-bit math does not."""
+    tokens = 8192
+    bf16 = dep(unit_cal).activation_reserve_bytes
+    for q, s in (("fp8", None), ("fp8", "2:4"), ("int8", None), ("int8", "2:4")):
+        d = dep(unit_cal, quantization=q, sparsity=s)
+        assert d.activation_reserve_bytes - bf16 == pytest.approx(tokens * 4096), (q, s)
+    ampere = dep(unit_cal, gpu="a100-80gb", quantization="fp8")  # weight-only: bf16 GEMMs
+    assert ampere.activation_reserve_bytes == pytest.approx(
+        dep(unit_cal, gpu="a100-80gb").activation_reserve_bytes)
+
+
 def test_fp8_on_ampere_is_weight_only(unit_cal):
     d = dep(unit_cal, gpu="a100-80gb", quantization="fp8")
     assert d.precision.gemm_dtype == "bf16" and d.precision.weight_bytes == 1.0
