@@ -12,7 +12,12 @@ import typer
 
 from simulator.cli import _fail, app, out
 from simulator.errors import InputError
-from simulator.report_table import repeatability_table, targets_line, validation_table
+from simulator.report_table import (
+    repeatability_table,
+    step_error_table,
+    targets_line,
+    validation_table,
+)
 
 
 @app.command()
@@ -37,10 +42,15 @@ def validate(
         help="write the floors of runs measured more than once (same engine, config and "
              "requests on other hosts) here (CSV): the least error one simulated number can "
              "have against all of them")] = None,
+    steps: Annotated[Path | None, typer.Option(
+        help="write each run's per-step device-time errors here (CSV: median, 10th and 90th "
+             "percentile by step class and sequences per step) and print them pooled: which "
+             "steps the cost model has too fast or too slow")] = None,
 ) -> None:
     """Replay measured vLLM runs through the simulator and print the signed % errors; where a
     run was measured on several hosts, also how far the hosts differ (the accuracy floor)."""
     from simulator import repeatability as rep
+    from simulator import step_errors as se
     from simulator.paths import profiles_dir
     from simulator.validate import find_runs, validate_run, write_table
 
@@ -48,10 +58,14 @@ def validate(
         speed = _speed(host_speed, own_engine_thread)
         dirs = find_runs(runs or [profiles_dir() / "calibration" / "measurements"])
         found = rep.groups(dirs)  # measured values only: cheap, and checks the folders first
-        results = [validate_run(d, calibration, sensitivity, own_engine_thread, speed)
-                   for d in dirs]
+        results = [validate_run(d, calibration, sensitivity, own_engine_thread, speed,
+                                steps=steps is not None) for d in dirs]
+        timed = [r["steps"] for r in results if r.get("steps")]
         for path, writer, rows in ((write, write_table, results),
-                                   (repeatability, rep.write_table, found)):
+                                   (repeatability, rep.write_table, found),
+                                   (steps, se.write_table,
+                                    [row for name, cells in timed for row in se.summarise(
+                                        name, cells)])):
             if path:
                 try:
                     writer(rows, path)
@@ -64,6 +78,15 @@ def validate(
     out.print(validation_table(results))
     if found:
         out.print(repeatability_table(found, results))
+    if steps:
+        if timed:
+            out.print(step_error_table(se.summarise("all", se.pool([c for _, c in timed])),
+                                       len(timed)))
+        untimed = [r["run"] for r in results if r.get("steps") is None]
+        if untimed:
+            out.print(f"no device times (profiled without CUDA events, or against a server), "
+                      f"so not in the step table: {', '.join(untimed)}", highlight=False,
+                      soft_wrap=True)
     out.print(targets_line(results, found), highlight=False, soft_wrap=True)
 
 

@@ -58,6 +58,22 @@ class MeasuredStep:
         return self.n_decode + len(self.prefill)
 
 
+# Steps of this many tokens or more that hold prefill are "large": where the GEMMs slow past
+# 2,048 tokens (gemm_compute_decay) and the power cap shows most (simulator.cost.power).
+LARGE_PREFILL_TOKENS = 2048
+
+
+def step_class(prefill_tokens: int, tokens: int, graph_top: int) -> str:
+    """What a step is, for the diagnostics that split a run by it (``simulate validate
+    --steps``, the clock report): decode-only, or holding prefill and run within the CUDA-graph
+    limit, eagerly above it, or large."""
+    if not prefill_tokens:
+        return "decode"
+    if tokens >= LARGE_PREFILL_TOKENS:
+        return f"prefill >= {LARGE_PREFILL_TOKENS} tokens"
+    return "prefill, eager" if tokens > graph_top else "prefill, graphs"
+
+
 def read_records(run_dir: Path) -> list[dict]:
     """The run's raw per-call records (``steps.jsonl``), every call included."""
     path = run_dir / "steps.jsonl"

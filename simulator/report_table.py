@@ -231,3 +231,22 @@ def targets_line(results: list[dict], groups: list) -> str:
             f"{sum(not m for m in missed.values())} of {len(results)} runs, the p50 ones on {p50}; "
             f"{len(pairs)} miss{'es' if len(pairs) != 1 else ''}, {len(floor)} of them where the "
             "same experiment's own runs differ by more than the target allows (floor above it)")
+
+
+def step_error_table(rows: list[dict], runs: int) -> Table:
+    """``simulate validate --steps``: the median device-time error of the runs' steps pooled, by
+    step class (rows) and sequences per step (columns), each with its step count."""
+    from simulator.step_errors import bin_order
+
+    bins = sorted({r["seqs"] for r in rows}, key=bin_order)
+    t = Table(title=f"steps of {runs} run{'s' if runs != 1 else ''}: median device-time error "
+                    "(simulated / measured - 1) and steps, by step and sequences in it",
+              title_justify="left")
+    t.add_column("step")
+    for b in bins:
+        t.add_column(b, justify="right")
+    cell = {(r["step"], r["seqs"]): r for r in rows}
+    for cls in sorted({r["step"] for r in rows}):
+        t.add_row(cls, *(f"{cell[cls, b]['median']:+.1%} ({cell[cls, b]['steps']})"
+                         if (cls, b) in cell else "" for b in bins))
+    return t

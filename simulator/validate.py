@@ -86,7 +86,7 @@ def measured_host_speed(run_dir: Path, dep: Deployment) -> float | None:
 
 def validate_run(run_dir: Path, calibration: str | None = None,
                  sensitivity: bool = False, own_engine_thread: bool = False,
-                 speed: float | str | None = None) -> dict:
+                 speed: float | str | None = None, steps: bool = False) -> dict:
     """Simulate one measured run; return measured, simulated and signed errors, the run's
     measured host speed against the profile (``host_speed``, None without a timeline), and with
     ``sensitivity`` each metric's elasticity to the GPU's speed (:mod:`simulator.sensitivity`:
@@ -94,7 +94,9 @@ def validate_run(run_dir: Path, calibration: str | None = None,
     (``--host-speed``), or ``"measured"``: at the run's own measured host speed, where it has
     one. With ``own_engine_thread`` the engine thread's costs are the run's own, measured from
     its timeline where it has one (:func:`simulator.calibrate.own_engine_thread`;
-    ``own_engine_thread`` in the result says whether it had)."""
+    ``own_engine_thread`` in the result says whether it had). With ``steps``, ``steps`` holds
+    the run's per-step device-time errors under the same profile
+    (:func:`simulator.step_errors.step_cells`; None without device times)."""
     cfg, reqs, rows, meta = load_run(run_dir)
     if calibration is not None:
         cfg = cfg.model_copy(update={"calibration": calibration})
@@ -121,6 +123,10 @@ def validate_run(run_dir: Path, calibration: str | None = None,
                                        "simulated": sim["config"]["kv_cache_blocks_per_replica"]}}
     if own_engine_thread:
         out["own_engine_thread"] = own is not None
+    if steps:
+        from simulator.step_errors import step_cells
+
+        out["steps"] = step_cells(run_dir, dep.calibration)
     if sensitivity:
         fresh = load_run(run_dir)[1]  # the first simulation stamped its requests
         slow = run_simulation(cfg, fresh, deployment=with_calibration(

@@ -37,7 +37,7 @@ from datetime import datetime
 from pathlib import Path
 
 from simulator.errors import InputError
-from simulator.measured_steps import read_records
+from simulator.measured_steps import read_records, step_class
 
 
 def read_log(path: Path) -> list[dict]:
@@ -69,16 +69,10 @@ def read_log(path: Path) -> list[dict]:
     return out
 
 
-def step_class(step: dict, graph_top: int) -> str:
-    """What a step is, for the report: decode-only, or prefill within / above the graph limit
-    and whether it is large (2,048 tokens or more)."""
+def _class(step: dict, graph_top: int) -> str:
+    """A raw record's step class (:func:`simulator.measured_steps.step_class`)."""
     pre = sum(n for n, _ in step["prefill"])
-    if not pre:
-        return "decode"
-    tokens = pre + step["n_decode"]
-    if tokens >= 2048:
-        return "prefill >= 2048 tokens"
-    return "prefill, eager" if tokens > graph_top else "prefill, graphs"
+    return step_class(pre, pre + step["n_decode"], graph_top)
 
 
 def match(run_dir: Path, samples: list[dict]) -> dict[str, list[dict]]:
@@ -93,7 +87,7 @@ def match(run_dir: Path, samples: list[dict]) -> dict[str, list[dict]]:
         raise InputError("no t0_unix (profiled before 2026-12-03): cannot place the log",
                          file=str(run_dir / "meta.json"), field="t0_unix")
     top = meta.get("cuda_graph_top") or 512
-    spans = sorted((t0 + s["gpu_start_s"], t0 + s["gpu_end_s"], step_class(s, top))
+    spans = sorted((t0 + s["gpu_start_s"], t0 + s["gpu_end_s"], _class(s, top))
                    for s in steps if s.get("gpu_start_s") is not None and s.get("gpu_end_s"))
     starts = [a for a, _, _ in spans]
     out: dict[str, list[dict]] = {}
