@@ -53,8 +53,11 @@ def summarise(run: str, cells: Cells) -> list[dict]:
     rows = []
     for (cls, b), logs in sorted(cells.items(), key=lambda kv: (kv[0][0], bin_order(kv[0][1]))):
         ratios = sorted(math.exp(x) - 1 for x in logs)
-        q = statistics.quantiles(ratios, n=10) if len(ratios) > 1 else ratios * 9
-        p10, p90 = q[0], q[-1]
+        if len(ratios) > 1:
+            deciles = statistics.quantiles(ratios, n=10)
+            p10, p90 = deciles[0], deciles[-1]
+        else:  # one step: quantiles needs two points
+            p10 = p90 = ratios[0]
         rows.append({"run": run, "step": cls, "seqs": b, "steps": len(ratios),
                      "median": statistics.median(ratios), "p10": p10, "p90": p90})
     return rows
